@@ -1,0 +1,585 @@
+"""`ConPetModel`: a `PeftModel` that grows one LoRA per task and routes every example in one forward.
+
+Structure mirrors PEFT: `ConPetModel.base_model` is a tuner (`TaskStackedLoraModel`) whose
+`.model` is the transformers model with its target `nn.Linear`s wrapped in
+`TaskStackedLoraLinear`. Module paths therefore match PEFT's (`base_model.model.<path>`), which is
+what lets each task be saved as a plain PEFT LoRA adapter.
+
+Why `PeftModel.__init__` is not called: it builds its tuner from `PeftType`, a closed enum that
+refuses new methods. We set the few attributes PeftModel's own methods read and keep everything
+else (`print_trainable_parameters`, attribute forwarding, `get_base_model`, Trainer's
+`isinstance(model, PeftModel)` checks) as PEFT wrote it.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+from peft import LoraConfig, PeftModel, PeftType, TaskType
+from safetensors.torch import load_file, save_file
+from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoModelForSequenceClassification
+
+from . import __version__
+from ._io import atomic_directory, read_json, validate_task_name, write_json
+from .heads import TaskStackedHead
+from .config import FORMAT_VERSION, ConPetConfig, resolve_target_modules
+from .layers import RoutingContext, RoutingPlan, TaskStackedLoraLinear
+from .selectors import SELECTOR_CLASSES, TaskSelector
+
+MANIFEST_NAME = "conpet_config.json"
+ADAPTER_CONFIG_NAME = "adapter_config.json"
+ADAPTER_WEIGHTS_NAME = "adapter_model.safetensors"
+SELECTOR_DIR = "selector"
+
+
+class RoutingError(ValueError):
+    """Routing input (task ids, weights, missing selector) that cannot route this batch."""
+
+
+class IncompatibleBaseModelError(ValueError):
+    """A saved system and the base model offered to it do not fit together."""
+
+
+@dataclass
+class TaskInfo:
+    """A registered task: what the manifest records about it, in stream order."""
+
+    name: str
+    labels: list[str] | None = None
+    instruction: str | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "labels": self.labels, "instruction": self.instruction, "metadata": self.metadata}
+
+
+class TaskStackedLoraModel(nn.Module):
+    """The tuner: the base model with task-stacked LoRA layers injected at the target modules."""
+
+    prefix = "lora_"
+
+    def __init__(self, model: nn.Module, config: ConPetConfig, routing: RoutingContext):
+        super().__init__()
+        self.model = model
+        self.peft_config: dict[str, LoraConfig] = {}
+        for parameter in model.parameters():
+            parameter.requires_grad_(False)
+        self.target_paths = resolve_target_modules(model, config.target_modules)
+        for path in self.target_paths:
+            parent_path, _, child = path.rpartition(".")
+            parent = model.get_submodule(parent_path) if parent_path else model
+            setattr(parent, child, TaskStackedLoraLinear(
+                getattr(parent, child), config.r, config.lora_alpha, config.lora_dropout, routing
+            ))
+
+    def lora_layers(self) -> dict[str, TaskStackedLoraLinear]:
+        return {path: self.model.get_submodule(path) for path in self.target_paths}
+
+    @property
+    def active_adapters(self) -> list[str]:
+        return list(self.peft_config)
+
+    def forward(self, *args, **kwargs):
+        return self.model(*args, **kwargs)
+
+    def __getattr__(self, name: str):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            if name == "model":
+                raise
+            return getattr(self.model, name)
+
+
+class ConPetModel(PeftModel):
+    """Base model + one LoRA per task + an optional selector; use a task-type subclass."""
+
+    task_type: str = ""
+    peft_task_type: TaskType | None = None
+    auto_model_class = None
+
+    def __init__(
+        self,
+        model: nn.Module,
+        config: ConPetConfig | None = None,
+        selector: TaskSelector | None = None,
+        tokenizer=None,
+    ) -> None:
+        nn.Module.__init__(self)
+        if type(self) is ConPetModel:
+            raise TypeError("Use a task-type subclass: ConPetModelForCausalLM, ...ForSeq2SeqLM or ...ForSequenceClassification")
+        self.conpet_config = config if config is not None else ConPetConfig()
+        self.routing = RoutingContext()
+        self.base_model = TaskStackedLoraModel(model, self.conpet_config, self.routing)
+        self.tasks: list[TaskInfo] = []
+        self.selector = selector
+        self.tokenizer = tokenizer
+        # Attributes PeftModel's own methods read.
+        self.peft_type = PeftType.LORA
+        self.active_adapter = None
+        self.special_peft_forward_args = set()
+        self._is_prompt_learning = False
+        self._peft_config = None
+        self._adapters_disabled = False
+
+    # ----- tasks ------------------------------------------------------------------------------
+    @property
+    def task_names(self) -> list[str]:
+        return [task.name for task in self.tasks]
+
+    @property
+    def num_tasks(self) -> int:
+        return len(self.tasks)
+
+    def task_index(self, name: str) -> int:
+        try:
+            return self.task_names.index(name)
+        except ValueError:
+            raise KeyError(f"Unknown task {name!r}; registered tasks: {self.task_names}") from None
+
+    def add_task(self, name: str, labels: list[str] | None = None, instruction: str | None = None, **metadata) -> TaskInfo:
+        """Freeze every earlier task and open a new trainable LoRA (plus task head) for `name`."""
+        validate_task_name(name)
+        if name in self.task_names:
+            raise ValueError(f"Task {name!r} is already registered (tasks: {self.task_names})")
+        init_from = self.num_tasks - 1 if self.conpet_config.new_task_init == "previous" and self.tasks else None
+        for layer in self.base_model.lora_layers().values():
+            layer.add_task(init_from=init_from)
+        task = TaskInfo(name=name, labels=list(labels) if labels is not None else None, instruction=instruction, metadata=dict(metadata))
+        self.tasks.append(task)
+        self._add_task_head(task)
+        self.base_model.peft_config[name] = self._lora_config()
+        self.active_adapter = name
+        if self.selector is not None:
+            self.selector.add_task(self)
+        self.set_trainable(task=True, selector=False)
+        return task
+
+    def freeze_tasks(self) -> None:
+        """Freeze the task being trained (done implicitly by the next `add_task`)."""
+        for layer in self.base_model.lora_layers().values():
+            layer.freeze_live()
+        self._freeze_heads()
+
+    def set_trainable(self, task: bool = True, selector: bool = False) -> None:
+        """Choose what the next optimizer sees: the live task's module, the selector, or both."""
+        for name, parameter in self.named_parameters():
+            if name.startswith("selector."):
+                parameter.requires_grad_(selector)
+            else:
+                parameter.requires_grad_(task and self._is_live_task_parameter(name))
+
+    def trainable_parameters(self) -> dict[str, nn.Parameter]:
+        """The live task's own parameters (LoRA pairs and task head), by name."""
+        return {name: p for name, p in self.named_parameters() if self._is_live_task_parameter(name)}
+
+    def _is_live_task_parameter(self, name: str) -> bool:
+        return ".live_lora_" in name or ".live_head" in name
+
+    # ----- routing ----------------------------------------------------------------------------
+    def routing_plan(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        task_ids: torch.Tensor | None = None,
+        routing_weights: torch.Tensor | None = None,
+        batch_size: int | None = None,
+    ) -> RoutingPlan:
+        """Turn task ids, explicit weights or the selector's verdict into one plan for the batch."""
+        if self.num_tasks == 0:
+            raise RoutingError("The model has no tasks yet: call add_task(...) first")
+        if batch_size is None and input_ids is not None:
+            batch_size = input_ids.shape[0]
+        if task_ids is not None and routing_weights is not None:
+            raise RoutingError("Pass task_ids or routing_weights, not both")
+        if task_ids is not None:
+            task_ids = torch.as_tensor(task_ids).view(-1)
+            if batch_size is not None and task_ids.numel() != batch_size:
+                raise RoutingError(f"task_ids has {task_ids.numel()} entries for a batch of {batch_size}")
+            if task_ids.dtype.is_floating_point or task_ids.dtype == torch.bool:
+                raise RoutingError(f"task_ids must be integers, got {task_ids.dtype}")
+            if task_ids.numel() and (task_ids.min() < 0 or task_ids.max() >= self.num_tasks):
+                raise RoutingError(
+                    f"task_ids out of range: got values in [{int(task_ids.min())}, {int(task_ids.max())}] "
+                    f"but only {self.num_tasks} tasks are registered (0..{self.num_tasks - 1})"
+                )
+            return RoutingPlan.from_task_ids(task_ids.to(self._device))
+        if routing_weights is not None:
+            routing_weights = torch.as_tensor(routing_weights, device=self._device)
+            expected = (batch_size if batch_size is not None else routing_weights.shape[0], self.num_tasks)
+            if routing_weights.dim() != 2 or tuple(routing_weights.shape) != expected:
+                raise RoutingError(
+                    f"routing_weights must have shape [batch, num_tasks] = {list(expected)}, "
+                    f"got {list(routing_weights.shape)}"
+                )
+            return RoutingPlan(weights=routing_weights.float())
+        if self.selector is None:
+            raise RoutingError(
+                "No task_ids, no routing_weights and no selector: this model cannot choose a task "
+                "module by itself (set a selector, or pass task_ids for oracle routing)"
+            )
+        if input_ids is None:
+            raise RoutingError("The selector routes from input_ids; none were given")
+        return self.selector.plan(self, input_ids, attention_mask)
+
+    def route(self, inputs, tokenizer=None) -> torch.Tensor:
+        """Per-example task probabilities [batch, T] from the selector, for texts or input ids."""
+        if self.selector is None:
+            raise RoutingError("This model has no selector to route with")
+        if isinstance(inputs, str):
+            inputs = [inputs]
+        if isinstance(inputs, (list, tuple)):
+            tokenizer = tokenizer or self.tokenizer
+            if tokenizer is None:
+                raise ValueError("route(texts) needs a tokenizer: pass tokenizer=... or set model.tokenizer")
+            encoded = tokenizer(list(inputs), return_tensors="pt", padding=True)
+            input_ids, attention_mask = encoded["input_ids"], encoded.get("attention_mask")
+        else:
+            input_ids, attention_mask = inputs["input_ids"], inputs.get("attention_mask")
+        with torch.no_grad():
+            return self.selector.task_probabilities(self, input_ids.to(self._device), None if attention_mask is None else attention_mask.to(self._device))
+
+    @property
+    def _device(self) -> torch.device:
+        return next(self.base_model.model.parameters()).device
+
+    # ----- forward / generate -----------------------------------------------------------------
+    def forward(self, input_ids=None, attention_mask=None, task_ids=None, routing_weights=None, **kwargs):
+        """Run the base model with each example routed to its own task module(s)."""
+        batch_size = _batch_size(input_ids, kwargs.get("inputs_embeds"))
+        plan = self.routing_plan(input_ids, attention_mask, task_ids, routing_weights, batch_size)
+        with self.routing.use(plan):
+            return self.base_model(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+
+    def generate(self, input_ids=None, attention_mask=None, task_ids=None, routing_weights=None, **kwargs):
+        """Route once on the prompt; every decoding step (KV cache on) keeps those weights."""
+        batch_size = _batch_size(input_ids, kwargs.get("inputs_embeds"))
+        plan = self.routing_plan(input_ids, attention_mask, task_ids, routing_weights, batch_size)
+        with self.routing.use(plan):
+            return self.base_model.model.generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+
+    def get_base_model(self) -> nn.Module:
+        return self.base_model.model
+
+    @property
+    def active_peft_config(self) -> LoraConfig:
+        """The LoRA config every task shares (PEFT asks for "the active adapter's" config)."""
+        return self._lora_config()
+
+    # ----- PEFT methods that do not apply ----------------------------------------------------
+    def add_adapter(self, *args, **kwargs):
+        raise NotImplementedError("ConPetModel grows through add_task(name, ...), not add_adapter")
+
+    def load_adapter(self, *args, **kwargs):
+        raise NotImplementedError("ConPetModel loads whole systems with from_pretrained(...)")
+
+    def set_adapter(self, *args, **kwargs):
+        raise NotImplementedError("ConPetModel routes per example: pass task_ids or use the selector")
+
+    # ----- task heads (sequence classification overrides these) -------------------------------
+    def _add_task_head(self, task: TaskInfo) -> None:
+        pass
+
+    def _freeze_heads(self) -> None:
+        pass
+
+    def _task_head_state(self, index: int) -> dict[str, torch.Tensor]:
+        return {}
+
+    def _load_task_head(self, index: int, state: dict[str, torch.Tensor]) -> None:
+        pass
+
+    def _lora_config(self) -> LoraConfig:
+        config = self.conpet_config
+        targets = sorted({path.rpartition(".")[2] for path in self.base_model.target_paths})
+        return LoraConfig(
+            r=config.r,
+            lora_alpha=config.lora_alpha,
+            lora_dropout=config.lora_dropout,
+            target_modules=targets,
+            bias="none",
+            task_type=self.peft_task_type,
+            base_model_name_or_path=base_model_id(self.base_model.model),
+            inference_mode=True,
+            modules_to_save=self._modules_to_save(),
+        )
+
+    def _modules_to_save(self) -> list[str] | None:
+        return None
+
+    # ----- save / load ------------------------------------------------------------------------
+    def save_pretrained(self, save_directory: str | os.PathLike, metrics: dict | None = None, **kwargs) -> None:
+        """Write the saved layout atomically (temp dir + rename). Extra Trainer kwargs are ignored."""
+        if self.num_tasks == 0:
+            raise ValueError("Nothing to save: the model has no tasks")
+        with atomic_directory(save_directory) as staging:
+            self.write_layout(staging, metrics=metrics)
+
+    def write_layout(self, directory: str | os.PathLike, metrics: dict | None = None) -> None:
+        """Write manifest, `tasks/<name>/` PEFT adapters and `selector/` into an existing directory."""
+        directory = Path(directory)
+        write_json(directory / MANIFEST_NAME, self.manifest(metrics))
+        layers = self.base_model.lora_layers()
+        for index, task in enumerate(self.tasks):
+            task_dir = directory / "tasks" / task.name
+            task_dir.mkdir(parents=True)
+            tensors = {}
+            for path, layer in layers.items():
+                A, B = layer.task_weights(index)
+                tensors[f"base_model.model.{path}.lora_A.weight"] = A.detach().to("cpu").contiguous()
+                tensors[f"base_model.model.{path}.lora_B.weight"] = B.detach().to("cpu").contiguous()
+            tensors.update({k: v.detach().to("cpu").contiguous() for k, v in self._task_head_state(index).items()})
+            save_file(tensors, task_dir / ADAPTER_WEIGHTS_NAME, metadata={"format": "pt"})
+            self.peft_config[task.name].save_pretrained(task_dir)
+        if self.selector is not None:
+            selector_dir = directory / SELECTOR_DIR
+            selector_dir.mkdir()
+            write_json(selector_dir / "config.json", {"kind": self.selector.kind, **self.selector.get_config()})
+            state = {k: v.detach().to("cpu").contiguous() for k, v in self.selector.state_dict().items()}
+            save_file(state, selector_dir / "model.safetensors", metadata={"format": "pt"})
+
+    def manifest(self, metrics: dict | None = None) -> dict[str, Any]:
+        return {
+            "format_version": FORMAT_VERSION,
+            "library": "hf_conpet",
+            "library_version": __version__,
+            "task_type": self.task_type,
+            "base_model": base_model_fingerprint(self.base_model.model, self.base_model.target_paths),
+            "config": self.conpet_config.to_dict(),
+            "tasks": [task.to_dict() for task in self.tasks],
+            "selector": None if self.selector is None else self.selector.kind,
+            "metrics": metrics,
+        }
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        model_id_or_path: str | os.PathLike,
+        base_model: nn.Module | None = None,
+        *,
+        revision: str | None = None,
+        token: str | None = None,
+        strict_base_model_id: bool = True,
+        **base_kwargs,
+    ) -> "ConPetModel":
+        """Load a whole system: base model (from the manifest unless given), every task, the selector."""
+        directory = _resolve_system_dir(model_id_or_path, revision=revision, token=token)
+        manifest = read_manifest(directory)
+        if manifest["task_type"] != cls.task_type:
+            raise ValueError(
+                f"{directory} holds a {manifest['task_type']!r} system; load it with the matching class, "
+                f"not {cls.__name__} ({cls.task_type!r})"
+            )
+        tokenizer = None
+        if base_model is None:
+            base_id = manifest["base_model"].get("name_or_path")
+            if not base_id:
+                raise ValueError(f"{directory}/{MANIFEST_NAME} records no base model id: pass base_model=...")
+            base_model, tokenizer = _load_base_model(cls.auto_model_class, base_id, manifest["base_model"].get("revision"), base_kwargs)
+        config = ConPetConfig.from_dict(manifest["config"])
+        model = cls(base_model, config, tokenizer=tokenizer)
+        check_base_model(manifest["base_model"], base_model_fingerprint(base_model, model.base_model.target_paths), strict_base_model_id)
+        for entry in manifest["tasks"]:
+            model._load_task(directory, entry)
+        if manifest.get("selector"):
+            model.selector = load_selector(directory / SELECTOR_DIR, model, manifest["selector"])
+        model.set_trainable(task=False, selector=False)
+        return model
+
+    def _load_task(self, directory: Path, entry: dict[str, Any]) -> None:
+        name = validate_task_name(entry.get("name"))
+        if name in self.task_names:
+            raise ValueError(f"Manifest lists task {name!r} twice")
+        task_dir = directory / "tasks" / name
+        weights_path = task_dir / ADAPTER_WEIGHTS_NAME
+        if not weights_path.is_file():
+            raise FileNotFoundError(f"Task {name!r} has no {weights_path}")
+        tensors = load_file(weights_path)
+        index = self.num_tasks
+        for path, layer in self.base_model.lora_layers().items():
+            key = f"base_model.model.{path}"
+            try:
+                layer.load_frozen(tensors.pop(f"{key}.lora_A.weight"), tensors.pop(f"{key}.lora_B.weight"))
+            except KeyError as missing:
+                raise ValueError(f"{weights_path} lacks {missing.args[0]}: it does not fit this base model") from None
+        task = TaskInfo(name=name, labels=entry.get("labels"), instruction=entry.get("instruction"), metadata=entry.get("metadata") or {})
+        self.tasks.append(task)
+        self._add_task_head(task)
+        self._load_task_head(index, tensors)
+        self._freeze_heads()
+        self.base_model.peft_config[name] = self._lora_config()
+
+
+class ConPetModelForCausalLM(ConPetModel):
+    task_type = "causal_lm"
+    peft_task_type = TaskType.CAUSAL_LM
+    auto_model_class = AutoModelForCausalLM
+
+
+class ConPetModelForSeq2SeqLM(ConPetModel):
+    task_type = "seq2seq_lm"
+    peft_task_type = TaskType.SEQ_2_SEQ_LM
+    auto_model_class = AutoModelForSeq2SeqLM
+
+
+class ConPetModelForSequenceClassification(ConPetModel):
+    """Each task gets a head over its own labels; logits span the union of all tasks' labels.
+
+    `labels` are indices into that union (`label_offset(task) + local index`); the loss is
+    computed here because the base model's own loss assumes its original `num_labels`.
+    """
+
+    task_type = "sequence_classification"
+    peft_task_type = TaskType.SEQ_CLS
+    auto_model_class = AutoModelForSequenceClassification
+    classifier_names = ("classifier", "score")
+
+    def __init__(self, model: nn.Module, config: ConPetConfig | None = None, selector: TaskSelector | None = None, tokenizer=None):
+        super().__init__(model, config, selector, tokenizer)
+        for name in self.classifier_names:
+            if isinstance(getattr(model, name, None), nn.Linear):
+                self.classifier_name = name
+                setattr(model, name, TaskStackedHead(getattr(model, name), self.routing))
+                break
+        else:
+            raise ValueError(f"{type(model).__name__} has no nn.Linear classifier named one of {self.classifier_names}")
+
+    @property
+    def head(self) -> TaskStackedHead:
+        return getattr(self.base_model.model, self.classifier_name)
+
+    def label_offset(self, task: str | int) -> int:
+        return self.head.label_offset(task if isinstance(task, int) else self.task_index(task))
+
+    def forward(self, input_ids=None, attention_mask=None, task_ids=None, routing_weights=None, labels=None, **kwargs):
+        kwargs.pop("num_items_in_batch", None)
+        output = super().forward(input_ids, attention_mask, task_ids, routing_weights, **kwargs)
+        if labels is not None:
+            output.loss = nn.functional.cross_entropy(output.logits.float(), labels.to(output.logits.device).view(-1))
+        return output
+
+    def _add_task_head(self, task: TaskInfo) -> None:
+        if not task.labels:
+            raise ValueError(f"Task {task.name!r} needs labels=[...] for sequence classification")
+        self.head.add_task(len(task.labels))
+
+    def _freeze_heads(self) -> None:
+        self.head.freeze_live()
+
+    def _modules_to_save(self) -> list[str] | None:
+        return [self.classifier_name]
+
+    def _task_head_state(self, index: int) -> dict[str, torch.Tensor]:
+        weight, bias = self.head.task_state(index)
+        state = {f"base_model.model.{self.classifier_name}.weight": weight}
+        if bias is not None:
+            state[f"base_model.model.{self.classifier_name}.bias"] = bias
+        return state
+
+    def _load_task_head(self, index: int, state: dict[str, torch.Tensor]) -> None:
+        key = f"base_model.model.{self.classifier_name}"
+        if f"{key}.weight" not in state:
+            raise ValueError(f"Task {self.tasks[index].name!r} has no saved head ({key}.weight)")
+        self.head.load_frozen(state[f"{key}.weight"], state.get(f"{key}.bias"))
+
+
+MODEL_CLASSES: dict[str, type[ConPetModel]] = {
+    cls.task_type: cls for cls in (ConPetModelForCausalLM, ConPetModelForSeq2SeqLM, ConPetModelForSequenceClassification)
+}
+
+
+# ----- helpers: manifest, base model identity, selector loading -------------------------------
+def _batch_size(input_ids, inputs_embeds) -> int | None:
+    if input_ids is not None:
+        return input_ids.shape[0]
+    if inputs_embeds is not None:
+        return inputs_embeds.shape[0]
+    return None
+
+
+def base_model_id(model: nn.Module) -> str | None:
+    """The id the manifest records for the base model (its Hub id or the path it was loaded from)."""
+    config = getattr(model, "config", None)
+    return getattr(config, "_name_or_path", None) or None
+
+
+def base_model_fingerprint(model: nn.Module, target_paths: list[str]) -> dict[str, Any]:
+    """What must match for saved task LoRAs to mean the same thing on another copy of the model."""
+    config = getattr(model, "config", None)
+    return {
+        "name_or_path": base_model_id(model),
+        "revision": getattr(config, "_commit_hash", None),
+        "model_type": getattr(config, "model_type", None),
+        "architectures": getattr(config, "architectures", None),
+        "target_shapes": {path: [model.get_submodule(path).out_features, model.get_submodule(path).in_features] for path in target_paths},
+    }
+
+
+def check_base_model(saved: dict[str, Any], offered: dict[str, Any], strict_id: bool) -> None:
+    problems = []
+    if saved.get("model_type") != offered.get("model_type"):
+        problems.append(f"model_type {offered.get('model_type')!r} != saved {saved.get('model_type')!r}")
+    if saved.get("target_shapes") != offered.get("target_shapes"):
+        saved_shapes, offered_shapes = saved.get("target_shapes") or {}, offered.get("target_shapes") or {}
+        differing = sorted(set(saved_shapes) ^ set(offered_shapes)) or sorted(
+            p for p in saved_shapes if saved_shapes[p] != offered_shapes.get(p)
+        )
+        problems.append(f"target layers differ ({len(differing)} paths, e.g. {differing[:3]})")
+    saved_id, offered_id = saved.get("name_or_path"), offered.get("name_or_path")
+    if strict_id and saved_id and offered_id and saved_id != offered_id and not (os.path.isdir(saved_id) or os.path.isdir(offered_id)):
+        problems.append(f"base model id {offered_id!r} != saved {saved_id!r} (pass strict_base_model_id=False if they are the same weights)")
+    if problems:
+        raise IncompatibleBaseModelError("The base model does not match the saved system: " + "; ".join(problems))
+
+
+def read_manifest(directory: Path) -> dict[str, Any]:
+    path = directory / MANIFEST_NAME
+    if not path.is_file():
+        raise FileNotFoundError(f"{directory} is not an hf_conpet system: no {MANIFEST_NAME}")
+    manifest = read_json(path)
+    version = manifest.get("format_version")
+    if not isinstance(version, int) or version > FORMAT_VERSION or version < 1:
+        raise ValueError(
+            f"{path} has format_version {version!r}; this hf_conpet {__version__} reads format "
+            f"{FORMAT_VERSION} and older: upgrade hf_conpet"
+        )
+    for key in ("task_type", "base_model", "config", "tasks"):
+        if key not in manifest:
+            raise ValueError(f"{path} lacks the key {key!r}")
+    return manifest
+
+
+def load_selector(selector_dir: Path, model: ConPetModel, kind: str) -> TaskSelector:
+    settings = read_json(selector_dir / "config.json")
+    if settings.pop("kind", None) != kind or kind not in SELECTOR_CLASSES:
+        raise ValueError(f"{selector_dir}/config.json: unknown or mismatched selector kind {kind!r}")
+    selector = SELECTOR_CLASSES[kind].from_config(settings, model).to(model._device)
+    selector.load_state_dict(load_file(selector_dir / "model.safetensors"), strict=True)
+    return selector
+
+
+def _resolve_system_dir(model_id_or_path, revision=None, token=None) -> Path:
+    path = Path(model_id_or_path)
+    if path.is_dir():
+        return path
+    from .hub import download_system
+
+    return Path(download_system(str(model_id_or_path), revision=revision, token=token))
+
+
+def _load_base_model(auto_class, base_id: str, revision: str | None, base_kwargs: dict):
+    from transformers import AutoTokenizer
+
+    kwargs = {"revision": revision, **base_kwargs} if revision and not os.path.isdir(base_id) else dict(base_kwargs)
+    kwargs.pop("trust_remote_code", None)
+    model = auto_class.from_pretrained(base_id, trust_remote_code=False, **kwargs)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(base_id, trust_remote_code=False)
+    except (OSError, ValueError):
+        tokenizer = None
+    return model, tokenizer
