@@ -89,6 +89,11 @@ class EWCRegularizer:
     tasks, `penalty(model) = lambda_ / 2 * sum F * (theta - theta*)^2` pulls the parameters that
     mattered to old tasks back towards where those tasks left them.
 
+    Parameters are matched by name, so this is meant for ONE shared module trained through the
+    stream (Static ConPET: the live LoRA is never frozen). If each task opens a fresh live LoRA,
+    the anchor pulls it towards the previous task's values, which only makes sense when the new
+    LoRA starts from the previous one (`new_task_init="previous"`).
+
     State is tensors keyed by parameter name (`state_dict`), saved as safetensors + JSON.
     """
 

@@ -254,3 +254,22 @@ def test_lwf_edge_cases_and_errors():
         regularizer.penalty(torch.randn(3, 4), torch.randn(3, 4), torch.ones(4, dtype=torch.bool))
     with pytest.raises(ValueError, match="temperature"):
         LwFRegularizer(temperature=0)
+
+
+def test_olora_finds_the_real_task_stacked_layer():
+    layers = pytest.importorskip("hf_conpet.layers")
+    torch.manual_seed(5)
+    model = nn.Sequential(
+        layers.TaskStackedLoraLinear(
+            nn.Linear(6, 4), r=2, lora_alpha=4, lora_dropout=0.0, routing=layers.RoutingContext()
+        )
+    )
+    layer = model[0]
+    layer.add_task()
+    layer.add_task()  # task 0 frozen into the buffers, task 1 live
+    assert [name for name, _ in task_lora_layers(model)] == ["0"]
+    expected = 0.5 * (layer.frozen_lora_A[0] @ layer.live_lora_A.T).abs().sum()
+    penalty = OLoRARegularizer(0.5).penalty(model)
+    assert torch.allclose(penalty, expected)
+    penalty.backward()
+    assert layer.live_lora_A.grad is not None and layer.frozen_lora_A.grad is None
