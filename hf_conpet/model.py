@@ -250,11 +250,34 @@ class ConPetModel(PeftModel):
 
     # ----- forward / generate -----------------------------------------------------------------
     def forward(self, input_ids=None, attention_mask=None, task_ids=None, routing_weights=None, **kwargs):
-        """Run the base model with each example routed to its own task module(s)."""
+        """Run the base model with each example routed to its own task module(s).
+
+        In training, a selector that learns jointly with the task module (SAPT) supplies the plan
+        and an auxiliary loss; otherwise task ids route (teacher forcing), as in ConPET.
+        """
         batch_size = _batch_size(input_ids, kwargs.get("inputs_embeds"))
-        plan = self.routing_plan(input_ids, attention_mask, task_ids, routing_weights, batch_size)
+        auxiliary_loss = None
+        if self.training and self.selector is not None and self.selector.routes_in_training and routing_weights is None:
+            prompt_mask = self.prompt_mask(input_ids, attention_mask, kwargs.get("labels"))
+            plan, auxiliary_loss = self.selector.training_plan(self, input_ids, prompt_mask, task_ids)
+        else:
+            plan = self.routing_plan(input_ids, attention_mask, task_ids, routing_weights, batch_size)
         with self.routing.use(plan):
-            return self.base_model(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+            output = self.base_model(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+        if auxiliary_loss is not None and getattr(output, "loss", None) is not None:
+            output.loss = output.loss + auxiliary_loss
+        return output
+
+    def prompt_mask(self, input_ids, attention_mask=None, labels=None) -> torch.Tensor:
+        """Which input tokens are prompt: what a selector may look at (never the answer).
+
+        For a causal LM training batch the target follows the prompt in `input_ids`; the
+        collator marks prompt and padding with label -100, so prompt = attended & unlabelled.
+        """
+        mask = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
+        if labels is not None and self.task_type == "causal_lm" and labels.shape == input_ids.shape:
+            mask = mask & (labels == -100)
+        return mask
 
     def generate(self, input_ids=None, attention_mask=None, task_ids=None, routing_weights=None, **kwargs):
         """Route once on the prompt; every decoding step (KV cache on) keeps those weights."""

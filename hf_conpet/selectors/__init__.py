@@ -1,0 +1,6 @@
+"""Selectors route an input without a task id to task modules (one module per method, like PEFT's tuners)."""
+
+from .base import SELECTOR_CLASSES, TaskEndContext, TaskSelector, pool_prompt
+from .conpet import ConPetSelector
+
+__all__ = ["SELECTOR_CLASSES", "ConPetSelector", "TaskEndContext", "TaskSelector", "pool_prompt"]

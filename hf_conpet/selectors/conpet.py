@@ -1,0 +1,87 @@
+"""ConPET's selector: a growing task classifier over frozen-backbone features."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.nn as nn
+
+from .base import TaskSelector, pool_prompt
+
+if TYPE_CHECKING:
+    from ..model import ConPetModel
+
+
+class ConPetSelector(TaskSelector):
+    """ConPET's PET-module selector: a task classifier whose head gains one row per task.
+
+    Features are the frozen backbone's hidden state at `feature_layer`, mean-pooled over the
+    prompt (`feature_source="hidden"`: one extra forward, ConPET's cost profile), or the pooled
+    input embeddings (`feature_source="embeddings"`: almost free, the cheap path). A shared
+    projection feeds a linear head [T, head_dim] that grows one row per task; growth copies the
+    old rows bit for bit, and replay keeps training them so that old tasks stay recognisable.
+
+    Deviation from ConPET (say it where figures are reported): the paper's selector carries its
+    own LoRA on the backbone; here it reads the frozen backbone, so features of stored examples
+    are computed once and cached, and selector training costs a fixed number of small steps per
+    task instead of backbone backward passes.
+    """
+
+    kind = "conpet"
+
+    def __init__(self, hidden_size: int, head_dim: int = 256, feature_source: str = "hidden", feature_layer: int = -1, num_tasks: int = 0):
+        super().__init__()
+        if feature_source not in ("hidden", "embeddings"):
+            raise ValueError(f"feature_source must be 'hidden' or 'embeddings', got {feature_source!r}")
+        self.hidden_size, self.head_dim = hidden_size, head_dim
+        self.feature_source, self.feature_layer = feature_source, feature_layer
+        self.feature_norm = nn.LayerNorm(hidden_size)
+        self.projection = nn.Sequential(nn.Linear(hidden_size, head_dim), nn.GELU())
+        self.task_rows = nn.Parameter(torch.zeros(num_tasks, head_dim))
+        self.task_bias = nn.Parameter(torch.zeros(num_tasks))
+
+    @property
+    def num_tasks(self) -> int:
+        return self.task_rows.shape[0]
+
+    def add_task(self, model=None) -> None:
+        new_row = torch.empty(1, self.head_dim, device=self.task_rows.device)
+        nn.init.normal_(new_row, std=self.head_dim ** -0.5)
+        self.task_rows = nn.Parameter(torch.cat([self.task_rows.detach(), new_row]))
+        self.task_bias = nn.Parameter(torch.cat([self.task_bias.detach(), torch.zeros(1, device=new_row.device)]))
+
+    @torch.no_grad()
+    def features(self, model: "ConPetModel", input_ids: torch.Tensor, prompt_mask: torch.Tensor | None) -> torch.Tensor:
+        """[batch, hidden] features of the frozen backbone (no task module), cacheable."""
+        base = model.get_base_model()
+        if self.feature_source == "embeddings":
+            hidden = base.get_input_embeddings()(input_ids)
+        else:
+            with model.routing.use(None):
+                kwargs = {"attention_mask": prompt_mask.long() if prompt_mask is not None else None, "output_hidden_states": True}
+                if getattr(base.config, "is_encoder_decoder", False):
+                    outputs = base.get_encoder()(input_ids=input_ids, **kwargs)
+                    hidden = outputs.hidden_states[self.feature_layer]
+                else:
+                    outputs = base(input_ids=input_ids, **kwargs)
+                    hidden = outputs.hidden_states[self.feature_layer]
+        return pool_prompt(hidden.float(), prompt_mask)
+
+    def logits_from_features(self, features: torch.Tensor) -> torch.Tensor:
+        projected = self.projection(self.feature_norm(features.to(self.task_rows.dtype)))
+        return projected @ self.task_rows.T + self.task_bias
+
+    def task_probabilities(self, model, input_ids, prompt_mask):
+        return self.logits_from_features(self.features(model, input_ids, prompt_mask)).softmax(dim=-1)
+
+    def get_config(self) -> dict[str, Any]:
+        return {
+            "hidden_size": self.hidden_size, "head_dim": self.head_dim, "feature_source": self.feature_source,
+            "feature_layer": self.feature_layer, "num_tasks": self.num_tasks,
+        }
+
+    @classmethod
+    def for_model(cls, model: "ConPetModel", **options) -> "ConPetSelector":
+        hidden_size = model.get_base_model().get_input_embeddings().embedding_dim
+        return cls(hidden_size=hidden_size, **options).to(model._device)
