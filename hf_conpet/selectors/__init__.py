@@ -2,5 +2,6 @@
 
 from .base import SELECTOR_CLASSES, TaskEndContext, TaskSelector, pool_prompt
 from .conpet import ConPetSelector
+from .sapt import SaptSelector
 
-__all__ = ["SELECTOR_CLASSES", "ConPetSelector", "TaskEndContext", "TaskSelector", "pool_prompt"]
+__all__ = ["SELECTOR_CLASSES", "ConPetSelector", "SaptSelector", "TaskEndContext", "TaskSelector", "pool_prompt"]

@@ -1,0 +1,246 @@
+"""SAPT's selector: one shared attention that both mixes the task LoRAs and remembers how it chose.
+
+Shared Attentive Learning & Selection (SALS, Zhao et al. 2024): a query made from the prompt's
+token embeddings attends over one key per task; the soft weights `softmax(K q / sqrt(d))` mix
+every task's LoRA, *the same way* while the new task is learned and at inference. Because the
+LM loss of the new task flows through those weights, what the new LoRA learns and how inputs are
+routed to it are learned together.
+
+Attentive Reflection (ARM): after task i, the mean attention over task i's validation inputs is
+recorded; while later tasks are learned, stored inputs of task i are pulled back towards it with
+`arm_lambda * KL(target_i || weights(x))`, so that the shared query network does not forget how it
+used to route old tasks.
+
+Frozen/live split (as in `TaskStackedLoraLinear`): keys of finished tasks live in a buffer
+(`frozen_keys`), the task being learned owns the only key `nn.Parameter` (`live_key`). No
+optimizer can see old keys, so nothing, not even weight decay, moves them.
+
+Pseudo-samples: the paper generates them with a small generator LoRA per task; here they are real
+stored inputs of old tasks (about 2% of each task's training set), which the trainer mixes into the
+training batches with their task ids. The KL term only reads their prompts.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.nn as nn
+
+from ..layers import RoutingPlan
+from .base import TaskEndContext, TaskSelector
+
+if TYPE_CHECKING:
+    from ..model import ConPetModel
+
+DEFAULT_ARM_LAMBDA = 0.5
+"""Paper range 0.1-2; official scripts: 0.1 (T5-large, lr 3e-4), 2 (LLaMA, lr 5e-5). They add one
+KL per old task (so the pull grows with the number of tasks); here the KL is averaged over the
+batch's old-task examples, so 0.5 sits in the middle of the range without growing with T."""
+
+
+class SaptSelector(TaskSelector):
+    """SAPT: max-pooled prompt embeddings -> query MLP -> softmax over per-task keys (dense weights).
+
+    `hidden_size` is d (the base model's embedding width), `hidden` the query MLP's bottleneck
+    (SAPT: 100). `num_tasks` and `live_task` only matter when rebuilding a saved selector: they
+    give the buffers the shapes `load_state_dict` expects.
+    """
+
+    kind = "sapt"
+    routes_in_training = True
+
+    def __init__(
+        self,
+        hidden_size: int,
+        hidden: int = 100,
+        arm_lambda: float = DEFAULT_ARM_LAMBDA,
+        use_arm: bool = True,
+        num_tasks: int = 0,
+        live_task: bool = False,
+    ):
+        super().__init__()
+        problems = []
+        if not isinstance(hidden_size, int) or hidden_size < 1:
+            problems.append(f"hidden_size must be a positive integer, got {hidden_size!r}")
+        if not isinstance(hidden, int) or hidden < 1:
+            problems.append(f"hidden must be a positive integer, got {hidden!r}")
+        if not isinstance(arm_lambda, (int, float)) or arm_lambda < 0:
+            problems.append(f"arm_lambda must be a number >= 0, got {arm_lambda!r}")
+        if not isinstance(num_tasks, int) or num_tasks < 0:
+            problems.append(f"num_tasks must be an integer >= 0, got {num_tasks!r}")
+        if live_task and num_tasks < 1:
+            problems.append("live_task=True needs num_tasks >= 1")
+        if problems:
+            raise ValueError("Invalid SaptSelector settings: " + "; ".join(problems))
+        self.hidden_size, self.hidden = hidden_size, hidden
+        self.arm_lambda, self.use_arm = float(arm_lambda), bool(use_arm)
+        d = hidden_size
+        # Linear(d, h) -> Linear(h, d) -> SiLU -> LayerNorm(d), as SAPT writes it (no activation
+        # between the two linears: a rank-h linear map, then the nonlinearity).
+        self.query = nn.Sequential(nn.Linear(d, hidden), nn.Linear(hidden, d), nn.SiLU(), nn.LayerNorm(d))
+        for layer in self.query:
+            if isinstance(layer, nn.Linear):
+                nn.init.xavier_uniform_(layer.weight)
+                nn.init.zeros_(layer.bias)
+        n_frozen = num_tasks - int(bool(live_task))
+        self.register_buffer("frozen_keys", torch.empty(n_frozen, d).uniform_(-1.0, 1.0))
+        self.register_parameter("live_key", nn.Parameter(torch.empty(1, d).uniform_(-1.0, 1.0)) if live_task else None)
+        # ARM targets: row i = mean attention of task i over its validation inputs, zero-padded
+        # for keys added after it; `arm_recorded[i]` says whether row i has been recorded.
+        self.register_buffer("arm_targets", torch.zeros(num_tasks, num_tasks))
+        self.register_buffer("arm_recorded", torch.zeros(num_tasks, dtype=torch.bool))
+
+    # ----- tasks ------------------------------------------------------------------------------
+    @property
+    def num_tasks(self) -> int:
+        return self.frozen_keys.shape[0] + (self.live_key is not None)
+
+    @property
+    def keys(self) -> torch.Tensor:
+        """[T, d]: frozen keys (no gradient) then the live key (gradient), in task order."""
+        if self.live_key is None:
+            return self.frozen_keys
+        return torch.cat([self.frozen_keys, self.live_key])
+
+    def freeze_live(self) -> None:
+        """Move the live key into the frozen buffer, bit for bit (end of its task)."""
+        if self.live_key is None:
+            return
+        self.frozen_keys = torch.cat([self.frozen_keys, self.live_key.detach()])
+        self.live_key = None
+
+    def add_task(self, model: "ConPetModel | None" = None) -> None:
+        """Freeze the previous task's key and open a trainable key, Uniform(-1, 1), for the new one."""
+        if model is not None and model.num_tasks != self.num_tasks + 1:
+            raise ValueError(
+                f"SaptSelector has keys for {self.num_tasks} tasks but the model now has {model.num_tasks}: "
+                "attach the selector before the first add_task, or load it with the system it was saved with"
+            )
+        self.freeze_live()
+        device = self.frozen_keys.device
+        self.live_key = nn.Parameter(torch.empty(1, self.hidden_size, device=device, dtype=self.frozen_keys.dtype).uniform_(-1.0, 1.0))
+        T = self.num_tasks
+        targets = torch.zeros(T, T, device=device, dtype=self.arm_targets.dtype)
+        targets[: T - 1, : T - 1] = self.arm_targets
+        self.arm_targets = targets
+        self.arm_recorded = torch.cat([self.arm_recorded, torch.zeros(1, dtype=torch.bool, device=device)])
+
+    # ----- attention --------------------------------------------------------------------------
+    def pooled_embeddings(self, model: "ConPetModel", input_ids: torch.Tensor, prompt_mask: torch.Tensor | None) -> torch.Tensor:
+        """[batch, d]: max over the prompt tokens of the base model's input embeddings (frozen)."""
+        if input_ids is None:
+            raise ValueError("SaptSelector routes from input_ids (token embeddings of the prompt); none were given")
+        with torch.no_grad():
+            embeddings = model.get_base_model().get_input_embeddings()(input_ids).to(self.frozen_keys.dtype)
+        if prompt_mask is None:
+            return embeddings.max(dim=1).values
+        mask = prompt_mask.to(embeddings.device).bool()
+        pooled = embeddings.masked_fill(~mask[..., None], float("-inf")).max(dim=1).values
+        return torch.where(mask.any(dim=1, keepdim=True), pooled, torch.zeros_like(pooled))  # empty prompt -> 0
+
+    def attention_logits(self, model: "ConPetModel", input_ids: torch.Tensor, prompt_mask: torch.Tensor | None) -> torch.Tensor:
+        """[batch, T] scores K q / sqrt(d); gradient reaches the query network and the live key only."""
+        if model.num_tasks != self.num_tasks:
+            raise RuntimeError(
+                f"SaptSelector has keys for {self.num_tasks} tasks but the model has {model.num_tasks}: "
+                "they must grow together (model.add_task calls selector.add_task)"
+            )
+        if self.num_tasks == 0:
+            raise RuntimeError("SaptSelector has no task keys yet: call model.add_task(...) first")
+        q = self.query(self.pooled_embeddings(model, input_ids, prompt_mask))  # [b, d]
+        return q @ self.keys.T / math.sqrt(self.hidden_size)
+
+    def task_probabilities(self, model, input_ids, prompt_mask) -> torch.Tensor:
+        return self.attention_logits(model, input_ids, prompt_mask).softmax(dim=-1)
+
+    def plan(self, model, input_ids, prompt_mask) -> RoutingPlan:
+        """Dense soft weights over every task (SAPT never takes an argmax; `top_k` is ignored)."""
+        return RoutingPlan(weights=self.task_probabilities(model, input_ids, prompt_mask))
+
+    def training_plan(self, model, input_ids, prompt_mask, task_ids) -> tuple[RoutingPlan, torch.Tensor | None]:
+        """The same soft weights as inference, with gradient, plus the ARM loss for old-task examples."""
+        logits = self.attention_logits(model, input_ids, prompt_mask)
+        return RoutingPlan(weights=logits.softmax(dim=-1)), self.reflection_loss(logits, task_ids)
+
+    # ----- attentive reflection ---------------------------------------------------------------
+    def reflection_loss(self, logits: torch.Tensor, task_ids: torch.Tensor | None) -> torch.Tensor | None:
+        """`arm_lambda * mean_i KL(target_{task_i} || softmax(logits_i))` over examples of recorded
+        (finished) tasks; None when there are none, no task ids, or ARM is off.
+
+        The new task's own examples have no recorded target yet, so they never enter this term.
+        """
+        if not self.use_arm or self.arm_lambda == 0 or task_ids is None:
+            return None
+        task_ids = torch.as_tensor(task_ids, device=logits.device).view(-1).long()
+        if task_ids.numel() != logits.shape[0]:
+            raise ValueError(f"task_ids has {task_ids.numel()} entries for a batch of {logits.shape[0]}")
+        if task_ids.numel() and (task_ids.min() < 0 or task_ids.max() >= self.num_tasks):
+            raise ValueError(
+                f"task_ids out of range: got values in [{int(task_ids.min())}, {int(task_ids.max())}] "
+                f"but the selector has {self.num_tasks} tasks"
+            )
+        reflect = self.arm_recorded[task_ids]
+        if not bool(reflect.any()):
+            return None
+        target = self.arm_targets[task_ids[reflect]]  # [n, T], zero-padded for newer keys
+        log_weights = logits[reflect].float().log_softmax(dim=-1)
+        kl = (torch.xlogy(target, target) - target * log_weights).sum(dim=-1)  # 0 log 0 = 0
+        return self.arm_lambda * kl.mean()
+
+    @torch.no_grad()
+    def end_task(self, model: "ConPetModel", context: TaskEndContext) -> dict[str, Any]:
+        """Record the finished task's mean attention over its validation prompts; freeze its key."""
+        index = context.task_index
+        if not 0 <= index < self.num_tasks:
+            raise ValueError(f"end_task for task {index}, but the selector has {self.num_tasks} tasks")
+        device = self.frozen_keys.device
+        total, count, hits = torch.zeros(self.num_tasks, device=device), 0, 0
+        for batch in context.encode(context.validation):
+            mask = batch.get("attention_mask")
+            weights = self.task_probabilities(model, batch["input_ids"].to(device), None if mask is None else mask.to(device))
+            total += weights.sum(dim=0)
+            count += weights.shape[0]
+            hits += int((weights.argmax(dim=-1) == index).sum())
+        if count == 0 and self.use_arm:
+            raise ValueError(f"Task {index} has no validation inputs: ARM needs them to record its attention target")
+        self.freeze_live()
+        if count == 0:
+            return {"arm_recorded": False}
+        target = total / count
+        self.arm_targets[index] = 0.0
+        self.arm_targets[index, : target.shape[0]] = target
+        self.arm_recorded[index] = True
+        return {"arm_recorded": True, "arm_target": target.tolist(), "validation_selector_accuracy": hits / count}
+
+    # ----- (de)serialisation -------------------------------------------------------------------
+    def get_config(self) -> dict[str, Any]:
+        return {
+            "hidden_size": self.hidden_size, "hidden": self.hidden, "arm_lambda": self.arm_lambda,
+            "use_arm": self.use_arm, "num_tasks": self.num_tasks, "live_task": self.live_key is not None,
+        }
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any], model: "ConPetModel | None" = None) -> "SaptSelector":
+        known = {"hidden_size", "hidden", "arm_lambda", "use_arm", "num_tasks", "live_task"}
+        unknown = sorted(set(config) - known)
+        if unknown:
+            raise ValueError(f"Unknown SaptSelector config keys: {unknown}; known keys are {sorted(known)}")
+        if "hidden_size" not in config:
+            raise ValueError("SaptSelector config lacks 'hidden_size'")
+        return cls(**config)
+
+    @classmethod
+    def for_model(cls, model: "ConPetModel", hidden: int = 100, arm_lambda: float = DEFAULT_ARM_LAMBDA, use_arm: bool = True) -> "SaptSelector":
+        """A fresh selector sized to the base model's input embeddings; attach before the first task."""
+        if model.num_tasks:
+            raise ValueError(
+                f"The model already has {model.num_tasks} tasks: a SAPT selector learns its keys with its "
+                "tasks, so attach it before the first add_task"
+            )
+        hidden_size = model.get_base_model().get_input_embeddings().embedding_dim
+        return cls(hidden_size=hidden_size, hidden=hidden, arm_lambda=arm_lambda, use_arm=use_arm).to(model._device)
+
+    def extra_repr(self) -> str:
+        return f"tasks={self.num_tasks}, d={self.hidden_size}, hidden={self.hidden}, arm_lambda={self.arm_lambda:g}, use_arm={self.use_arm}"
