@@ -62,6 +62,15 @@ class TaskStackedHead(nn.Module):
         self.live_head_weight = None
         self.live_head_bias = None
 
+    def thaw_last(self) -> None:
+        if self.live_head_weight is not None or not self.label_counts:
+            return
+        count = self.label_counts[-1]
+        self.live_head_weight = nn.Parameter(self.frozen_head_weight[-count:].clone())
+        self.live_head_bias = nn.Parameter(self.frozen_head_bias[-count:].clone()) if self.has_bias else None
+        self.frozen_head_weight = self.frozen_head_weight[:-count].clone()
+        self.frozen_head_bias = self.frozen_head_bias[:-count].clone()
+
     def task_state(self, index: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(weight [n_labels, in], bias [n_labels] or None) of one task."""
         start, stop = self.label_offset(index), self.label_offset(index) + self.label_counts[index]

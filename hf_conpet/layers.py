@@ -149,6 +149,15 @@ class TaskStackedLoraLinear(nn.Module):
         self.live_lora_A = None
         self.live_lora_B = None
 
+    def thaw_last(self) -> None:
+        """Inverse of `freeze_live` for the last task (to resume training one shared module)."""
+        if self.live_lora_A is not None:
+            return
+        self.live_lora_A = nn.Parameter(self.frozen_lora_A[-1].clone())
+        self.live_lora_B = nn.Parameter(self.frozen_lora_B[-1].clone())
+        self.frozen_lora_A = self.frozen_lora_A[:-1].clone()
+        self.frozen_lora_B = self.frozen_lora_B[:-1].clone()
+
     def task_weights(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(A [r, in], B [out, r]) of one task, live or frozen."""
         n_frozen = self.frozen_lora_A.shape[0]

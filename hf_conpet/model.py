@@ -118,6 +118,7 @@ class ConPetModel(PeftModel):
         self.base_model = TaskStackedLoraModel(model, self.conpet_config, self.routing)
         self.tasks: list[TaskInfo] = []
         self.selector = selector
+        self.regularizer = None  # e.g. O-LoRA / EWC penalty added to the training loss
         self.tokenizer = tokenizer
         # Attributes PeftModel's own methods read.
         self.peft_type = PeftType.LORA
@@ -157,7 +158,7 @@ class ConPetModel(PeftModel):
         self.active_adapter = name
         if self.selector is not None:
             self.selector.add_task(self)
-        self.set_trainable(task=True, selector=False)
+        self.set_trainable(task=True, selector=self.selector is not None and self.selector.routes_in_training)
         return task
 
     def freeze_tasks(self) -> None:
@@ -165,6 +166,17 @@ class ConPetModel(PeftModel):
         for layer in self.base_model.lora_layers().values():
             layer.freeze_live()
         self._freeze_heads()
+        if self.selector is not None and hasattr(self.selector, "freeze_live"):
+            self.selector.freeze_live()  # SAPT: the task's key freezes with its LoRA
+
+    def thaw_last_task(self) -> None:
+        """Make the last task trainable again (resuming a stream that trains one shared module)."""
+        if not self.tasks:
+            raise ValueError("No task to thaw")
+        for layer in self.base_model.lora_layers().values():
+            layer.thaw_last()
+        self._thaw_last_head()
+        self.set_trainable(task=True, selector=False)
 
     def set_trainable(self, task: bool = True, selector: bool = False) -> None:
         """Choose what the next optimizer sees: the live task's module, the selector, or both."""
@@ -189,8 +201,11 @@ class ConPetModel(PeftModel):
         task_ids: torch.Tensor | None = None,
         routing_weights: torch.Tensor | None = None,
         batch_size: int | None = None,
+        routing_plan: RoutingPlan | None = None,
     ) -> RoutingPlan:
         """Turn task ids, explicit weights or the selector's verdict into one plan for the batch."""
+        if routing_plan is not None:
+            return routing_plan
         if self.num_tasks == 0:
             raise RoutingError("The model has no tasks yet: call add_task(...) first")
         if batch_size is None and input_ids is not None:
@@ -249,7 +264,7 @@ class ConPetModel(PeftModel):
         return next(self.base_model.model.parameters()).device
 
     # ----- forward / generate -----------------------------------------------------------------
-    def forward(self, input_ids=None, attention_mask=None, task_ids=None, routing_weights=None, **kwargs):
+    def forward(self, input_ids=None, attention_mask=None, task_ids=None, routing_weights=None, routing_plan=None, **kwargs):
         """Run the base model with each example routed to its own task module(s).
 
         In training, a selector that learns jointly with the task module (SAPT) supplies the plan
@@ -261,11 +276,14 @@ class ConPetModel(PeftModel):
             prompt_mask = self.prompt_mask(input_ids, attention_mask, kwargs.get("labels"))
             plan, auxiliary_loss = self.selector.training_plan(self, input_ids, prompt_mask, task_ids)
         else:
-            plan = self.routing_plan(input_ids, attention_mask, task_ids, routing_weights, batch_size)
+            plan = self.routing_plan(input_ids, attention_mask, task_ids, routing_weights, batch_size, routing_plan)
         with self.routing.use(plan):
             output = self.base_model(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
-        if auxiliary_loss is not None and getattr(output, "loss", None) is not None:
-            output.loss = output.loss + auxiliary_loss
+        if getattr(output, "loss", None) is not None:
+            if auxiliary_loss is not None:
+                output.loss = output.loss + auxiliary_loss
+            if self.training and self.regularizer is not None:
+                output.loss = output.loss + self.regularizer.penalty(self)
         return output
 
     def prompt_mask(self, input_ids, attention_mask=None, labels=None) -> torch.Tensor:
@@ -279,10 +297,10 @@ class ConPetModel(PeftModel):
             mask = mask & (labels == -100)
         return mask
 
-    def generate(self, input_ids=None, attention_mask=None, task_ids=None, routing_weights=None, **kwargs):
+    def generate(self, input_ids=None, attention_mask=None, task_ids=None, routing_weights=None, routing_plan=None, **kwargs):
         """Route once on the prompt; every decoding step (KV cache on) keeps those weights."""
         batch_size = _batch_size(input_ids, kwargs.get("inputs_embeds"))
-        plan = self.routing_plan(input_ids, attention_mask, task_ids, routing_weights, batch_size)
+        plan = self.routing_plan(input_ids, attention_mask, task_ids, routing_weights, batch_size, routing_plan)
         with self.routing.use(plan):
             return self.base_model.model.generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
 
@@ -309,6 +327,9 @@ class ConPetModel(PeftModel):
         pass
 
     def _freeze_heads(self) -> None:
+        pass
+
+    def _thaw_last_head(self) -> None:
         pass
 
     def _task_head_state(self, index: int) -> dict[str, torch.Tensor]:
@@ -406,13 +427,24 @@ class ConPetModel(PeftModel):
             base_model, tokenizer = _load_base_model(cls.auto_model_class, base_id, manifest["base_model"].get("revision"), base_kwargs)
         config = ConPetConfig.from_dict(manifest["config"])
         model = cls(base_model, config, tokenizer=tokenizer)
-        check_base_model(manifest["base_model"], base_model_fingerprint(base_model, model.base_model.target_paths), strict_base_model_id)
-        for entry in manifest["tasks"]:
-            model._load_task(directory, entry)
-        if manifest.get("selector"):
-            model.selector = load_selector(directory / SELECTOR_DIR, model, manifest["selector"])
-        model.set_trainable(task=False, selector=False)
+        model.load_system(directory, strict_base_model_id=strict_base_model_id, manifest=manifest)
         return model
+
+    def load_system(self, directory: str | os.PathLike, strict_base_model_id: bool = True, manifest: dict | None = None) -> None:
+        """Load every task and the selector of a saved system into this (task-less) model."""
+        directory = Path(directory)
+        manifest = manifest or read_manifest(directory)
+        if self.tasks:
+            raise ValueError("load_system needs a model without tasks")
+        if ConPetConfig.from_dict(manifest["config"]) != self.conpet_config:
+            raise ValueError(f"{directory} was saved with another ConPetConfig than this model's")
+        check_base_model(manifest["base_model"], base_model_fingerprint(self.base_model.model, self.base_model.target_paths), strict_base_model_id)
+        for entry in manifest["tasks"]:
+            self._load_task(directory, entry)
+        if manifest.get("selector"):
+            self.selector = load_selector(directory / SELECTOR_DIR, self, manifest["selector"])
+        self.active_adapter = self.task_names[-1] if self.tasks else None
+        self.set_trainable(task=False, selector=False)
 
     def _load_task(self, directory: Path, entry: dict[str, Any]) -> None:
         name = validate_task_name(entry.get("name"))
@@ -479,9 +511,9 @@ class ConPetModelForSequenceClassification(ConPetModel):
     def label_offset(self, task: str | int) -> int:
         return self.head.label_offset(task if isinstance(task, int) else self.task_index(task))
 
-    def forward(self, input_ids=None, attention_mask=None, task_ids=None, routing_weights=None, labels=None, **kwargs):
+    def forward(self, input_ids=None, attention_mask=None, task_ids=None, routing_weights=None, routing_plan=None, labels=None, **kwargs):
         kwargs.pop("num_items_in_batch", None)
-        output = super().forward(input_ids, attention_mask, task_ids, routing_weights, **kwargs)
+        output = super().forward(input_ids, attention_mask, task_ids, routing_weights, routing_plan, **kwargs)
         if labels is not None:
             output.loss = nn.functional.cross_entropy(output.logits.float(), labels.to(output.logits.device).view(-1))
         return output
@@ -493,6 +525,9 @@ class ConPetModelForSequenceClassification(ConPetModel):
 
     def _freeze_heads(self) -> None:
         self.head.freeze_live()
+
+    def _thaw_last_head(self) -> None:
+        self.head.thaw_last()
 
     def _modules_to_save(self) -> list[str] | None:
         return [self.classifier_name]

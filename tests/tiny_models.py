@@ -46,3 +46,28 @@ def randomize_live_task(model, std: float = 0.2) -> None:
     with torch.no_grad():
         for parameter in model.trainable_parameters().values():
             parameter.normal_(0.0, std)
+
+
+def tiny_byte_tokenizer():
+    """A byte-level tokenizer (256 bytes + specials): covers any text, needs no network."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    byte_pieces = pre_tokenizers.ByteLevel.alphabet()
+    specials = ["<pad>", "<s>", "</s>"]
+    vocab = {token: index for index, token in enumerate(specials + sorted(byte_pieces))}
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    return PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", bos_token="<s>", eos_token="</s>")
+
+
+def tiny_llama_for(tokenizer, seed: int = 0):
+    """A tiny random Llama whose vocabulary fits `tokenizer`."""
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+        pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+    )
+    return LlamaForCausalLM(config)

@@ -100,3 +100,40 @@ def pool_prompt(hidden: torch.Tensor, prompt_mask: torch.Tensor | None) -> torch
     mask = prompt_mask.to(hidden.dtype).unsqueeze(-1)
     return (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp_min(1.0)
 
+
+
+class SumSelector(TaskSelector):
+    """Every task module at weight 1, in training and at inference: O-LoRA's "sum of LoRAs"."""
+
+    kind = "sum"
+    routes_in_training = True
+
+    def __init__(self, num_tasks: int = 0):
+        super().__init__()
+        self._num_tasks = num_tasks
+
+    @property
+    def num_tasks(self) -> int:
+        return self._num_tasks
+
+    def add_task(self, model=None) -> None:
+        self._num_tasks += 1
+
+    def _weights(self, input_ids: torch.Tensor) -> RoutingPlan:
+        return RoutingPlan(weights=torch.ones(input_ids.shape[0], self._num_tasks, device=input_ids.device))
+
+    def plan(self, model, input_ids, prompt_mask) -> RoutingPlan:
+        return self._weights(input_ids)
+
+    def task_probabilities(self, model, input_ids, prompt_mask) -> torch.Tensor:
+        return self._weights(input_ids).weights / max(self._num_tasks, 1)
+
+    def training_plan(self, model, input_ids, prompt_mask, task_ids):
+        return self._weights(input_ids), None
+
+    def get_config(self) -> dict[str, Any]:
+        return {"num_tasks": self._num_tasks}
+
+    @classmethod
+    def for_model(cls, model, **options) -> "SumSelector":
+        return cls(**options)

@@ -30,7 +30,10 @@ class ConPetSelector(TaskSelector):
 
     kind = "conpet"
 
-    def __init__(self, hidden_size: int, head_dim: int = 256, feature_source: str = "hidden", feature_layer: int = -1, num_tasks: int = 0):
+    def __init__(
+        self, hidden_size: int, head_dim: int = 256, feature_source: str = "hidden", feature_layer: int = -1,
+        num_tasks: int = 0, max_cached_examples: int = 256,
+    ):
         super().__init__()
         if feature_source not in ("hidden", "embeddings"):
             raise ValueError(f"feature_source must be 'hidden' or 'embeddings', got {feature_source!r}")
@@ -40,6 +43,8 @@ class ConPetSelector(TaskSelector):
         self.projection = nn.Sequential(nn.Linear(hidden_size, head_dim), nn.GELU())
         self.task_rows = nn.Parameter(torch.zeros(num_tasks, head_dim))
         self.task_bias = nn.Parameter(torch.zeros(num_tasks))
+        self.max_cached_examples = max_cached_examples
+        self._feature_cache: dict[int, torch.Tensor] = {}  # task index -> [n, hidden]; rebuilt on demand
 
     @property
     def num_tasks(self) -> int:
@@ -63,8 +68,8 @@ class ConPetSelector(TaskSelector):
                 if getattr(base.config, "is_encoder_decoder", False):
                     outputs = base.get_encoder()(input_ids=input_ids, **kwargs)
                     hidden = outputs.hidden_states[self.feature_layer]
-                else:
-                    outputs = base(input_ids=input_ids, **kwargs)
+                else:  # the backbone without its LM head: no [batch, seq, vocab] logits to compute
+                    outputs = base.base_model(input_ids=input_ids, **kwargs)
                     hidden = outputs.hidden_states[self.feature_layer]
         return pool_prompt(hidden.float(), prompt_mask)
 
@@ -75,10 +80,53 @@ class ConPetSelector(TaskSelector):
     def task_probabilities(self, model, input_ids, prompt_mask):
         return self.logits_from_features(self.features(model, input_ids, prompt_mask)).softmax(dim=-1)
 
+    def end_task(self, model, context) -> dict[str, Any]:
+        """Train the classifier on ConPET's dynamic-replay batches (half new task, half old tasks).
+
+        Features of a capped, seeded subset of each task's training prompts are computed once
+        and cached; every task then costs `context.steps` small steps however many came before.
+        """
+        from ..replay import DynamicReplaySampler
+
+        cache = self._feature_cache
+        subsets = {}
+        for index in [*context.memory.tasks, context.task_index]:
+            rows = context.train if index == context.task_index else context.memory.examples(index)
+            rows = rows.shuffle(seed=index).select(range(min(len(rows), self.max_cached_examples)))
+            subsets[index] = rows
+            if index not in cache:
+                cache[index] = torch.cat([self.features(model, b["input_ids"], b["attention_mask"]) for b in context.encode(rows)])
+        if self.num_tasks < 2:
+            return {"selector_steps": 0}
+        old = {index: subsets[index] for index in context.memory.tasks}
+        sampler = DynamicReplaySampler(
+            subsets[context.task_index], old, batch_size=context.batch_size, batches_per_task=context.steps,
+            ratio=context.replay_ratio, seed=context.seed, new_task_index=context.task_index,
+        )
+        plan = sampler.plan()
+        self.train()
+        for parameter in self.parameters():
+            parameter.requires_grad_(True)
+        optimizer = torch.optim.AdamW(self.parameters(), lr=1e-3, weight_decay=0.01)
+        losses = []
+        for tasks, rows in zip(plan.task_index, plan.row):
+            features = torch.stack([cache[int(t)][int(r)] for t, r in zip(tasks, rows)])
+            targets = torch.as_tensor(tasks, dtype=torch.long, device=features.device)
+            loss = nn.functional.cross_entropy(self.logits_from_features(features), targets)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.item())
+        for parameter in self.parameters():
+            parameter.requires_grad_(False)
+        self.eval()
+        return {"selector_steps": len(losses), "selector_loss_last": losses[-1]}
+
     def get_config(self) -> dict[str, Any]:
         return {
             "hidden_size": self.hidden_size, "head_dim": self.head_dim, "feature_source": self.feature_source,
             "feature_layer": self.feature_layer, "num_tasks": self.num_tasks,
+            "max_cached_examples": self.max_cached_examples,
         }
 
     @classmethod

@@ -1,0 +1,268 @@
+"""`ContinualCallback`: what happens between tasks, for the stock `transformers.Trainer`.
+
+One Trainer trains one task (its optimizer is built from the parameters that require grad at
+train start, so the task is added first). The callback hands the Trainer that task's training
+set (`train_dataset(task)`) and, when training ends: freezes the task, lets the selector learn
+it, stores the task in replay memory, evaluates every task seen so far (one row of the accuracy
+matrix), and writes a resumable checkpoint.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import datasets
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+from transformers import TrainerCallback
+
+from ._io import atomic_directory, read_json, write_json
+from .data import NON_MODEL_KEYS
+from .evaluation import evaluate_task
+from .methods import get_method
+from .metrics import ContinualMetrics
+from .replay import ReplayMemory, build_replay_dataset
+from .selectors import TaskEndContext
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT_DIR = "checkpoint"
+PROGRESS_FILE = "progress.json"
+REFLECTION_FRACTION = 0.02  # SAPT: pseudo-samples are 2% of each old task's training size
+COLLATOR_KIND = {"causal_lm": "causal_lm", "seq2seq_lm": "seq2seq", "sequence_classification": "classification"}
+
+
+class ContinualTrainingCollator:
+    """Collates a training batch the way the method needs it.
+
+    - `mask_reflection`: rows marked `reflect_only` (stored inputs of old tasks, SAPT's
+      pseudo-samples) keep their task id for the selector's reflection loss but lose their LM
+      loss: the new task's module must not learn to answer old tasks.
+    - `shared_module`: every row trains the one shared module (index 0), whatever its task.
+    """
+
+    def __init__(self, inner, mask_reflection: bool = False, shared_module: bool = False):
+        self.inner = inner
+        self.mask_reflection = mask_reflection
+        self.shared_module = shared_module
+
+    def __call__(self, examples):
+        batch = self.inner(examples)
+        if self.mask_reflection and "labels" in batch:
+            reflect = torch.tensor([bool(e.get("reflect_only", False)) for e in examples])
+            if reflect.any():
+                # hide the answer of reflection rows from everyone: no LM loss, not attended, and
+                # so not part of the prompt mask the selector reads
+                answer = (batch["labels"] != -100) & reflect[:, None]
+                batch["attention_mask"] = batch["attention_mask"].masked_fill(answer, 0)
+                batch["labels"] = batch["labels"].masked_fill(reflect[:, None], -100)
+        if self.shared_module:
+            batch["task_ids"] = torch.zeros_like(batch["task_ids"])
+        return batch
+
+
+class ContinualCallback(TrainerCallback):
+    """Between-task work of a continual run; also holds the run's memory and metrics."""
+
+    def __init__(
+        self,
+        model,
+        stream,
+        method: str = "conpet",
+        *,
+        tokenizer=None,
+        output_dir: str | None = None,
+        batch_size: int = 8,
+        batches_per_task: int | None = None,
+        replay_ratio: float | None = None,
+        memory: ReplayMemory | None = None,
+        max_length: int | None = 256,
+        eval_batch_size: int = 16,
+        max_eval_examples: int | None = None,
+        single_task_scores: dict[str, float] | None = None,
+        selector_steps: int = 100,
+        selector_batch_size: int = 32,
+        selector_examples: int = 256,
+        seed: int = 0,
+    ):
+        self.model = model
+        self.stream = stream
+        self.method = get_method(method)
+        self.tokenizer = tokenizer if tokenizer is not None else (stream.tokenizer or model.tokenizer)
+        if self.tokenizer is None:
+            raise ValueError("ContinualCallback needs a tokenizer (pass tokenizer=, or give one to the stream)")
+        self.output_dir = Path(output_dir) if output_dir else None
+        self.batch_size = batch_size
+        self.batches_per_task = batches_per_task or model.conpet_config.batches_per_task
+        self.replay_ratio = replay_ratio if replay_ratio is not None else model.conpet_config.replay_ratio
+        self.memory = memory if memory is not None else ReplayMemory("all", seed=seed)
+        self.max_length = max_length
+        self.eval_batch_size = eval_batch_size
+        self.max_eval_examples = max_eval_examples
+        self.selector_steps, self.selector_batch_size, self.selector_examples = selector_steps, selector_batch_size, selector_examples
+        self.seed = seed
+        self.kind = COLLATOR_KIND[model.task_type]
+        self.metrics = ContinualMetrics(
+            task_names=list(stream.names),
+            single_task_scores=[single_task_scores.get(n) for n in stream.names] if single_task_scores else None,
+        )
+        self.finished: list[str] = []
+        self.current_task = None
+        self.history: list[dict[str, Any]] = []
+
+    # ----- what the Trainer trains on ---------------------------------------------------------
+    @property
+    def data_collator(self):
+        options = {"label_space": "global"} if self.kind == "classification" else {}
+        inner = self.stream.collator(self.kind, "train", max_length=self.max_length, tokenizer=self.tokenizer, **options)
+        return ContinualTrainingCollator(
+            inner, mask_reflection=self.method.train_data == "reflection", shared_module=not self.method.module_per_task
+        )
+
+    def train_dataset(self, task) -> datasets.Dataset:
+        """The rows the Trainer should see for `task` (and mark it as the task in progress)."""
+        self.current_task = task
+        rows = task.train
+        if self.method.train_data == "replay":
+            batches = self.batches_per_task or math.ceil(len(rows) / self.batch_size)
+            return build_replay_dataset(
+                rows, self.memory if len(self.memory.tasks) else None, batch_size=self.batch_size,
+                batches_per_task=batches, ratio=self.replay_ratio, seed=self.seed + task.index, new_task_index=task.index,
+            )
+        if self.method.train_data == "reflection" and self.memory.tasks:
+            rng = np.random.default_rng(self.seed + task.index)
+            pseudo = []
+            for old in self.memory.tasks:
+                stored = self.memory.examples(old)
+                count = max(1, math.ceil(REFLECTION_FRACTION * len(stored)))
+                pseudo.append(stored.select(rng.choice(len(stored), size=min(count, len(stored)), replace=False)))
+            new = rows.add_column("reflect_only", [False] * len(rows))
+            old = datasets.concatenate_datasets(pseudo)
+            old = old.add_column("reflect_only", [True] * len(old))
+            return datasets.concatenate_datasets([new, old.cast(new.features)]).shuffle(seed=self.seed + task.index)
+        return rows
+
+    def train_dataset_all(self) -> datasets.Dataset:
+        """Every task's rows at once (multitask)."""
+        return datasets.concatenate_datasets([task.train for task in self.stream]).shuffle(seed=self.seed)
+
+    # ----- Trainer events ---------------------------------------------------------------------
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.current_task is None:
+            raise RuntimeError("ContinualCallback: training ended but no task was started (call train_dataset(task) first)")
+        if self.method.train_data == "all":
+            self.finish_all_tasks()
+        else:
+            self.finish_task(self.current_task)
+        return control
+
+    def finish_task(self, task) -> dict[str, Any]:
+        """Freeze, update selector and memory, evaluate all seen tasks, checkpoint."""
+        model = self.model
+        if self.method.module_per_task:
+            model.freeze_tasks()
+        record: dict[str, Any] = {"task": task.name}
+        if model.selector is not None:
+            context = TaskEndContext(
+                task_index=task.index, train=task.train, validation=task.validation, memory=self.memory,
+                encode=self.encode_prompts, batch_size=self.selector_batch_size, steps=self.selector_steps,
+                replay_ratio=self.replay_ratio, seed=self.seed + task.index,
+            )
+            record["selector"] = model.selector.end_task(model, context)
+        if task.index not in self.memory:
+            self.memory.add_task(task.index, task.train)
+        seen = [t for t in self.stream if t.index <= task.index]
+        record.update(self._evaluate_row(seen))
+        self.finished.append(task.name)
+        self.current_task = None
+        self.history.append(record)
+        self.save_checkpoint()
+        return record
+
+    def finish_all_tasks(self) -> dict[str, Any]:
+        """Multitask saw every task at once: one evaluation, repeated as every row of the matrix."""
+        tasks = list(self.stream)
+        scores = [evaluate_task(self.model, t, self._eval_collator(), self.tokenizer, routing=self.method.eval_routing,
+                                batch_size=self.eval_batch_size, max_examples=self.max_eval_examples) for t in tasks]
+        for row in range(len(tasks)):
+            self.metrics.add_row([s.accuracy for s in scores[: row + 1]])
+        self.finished = [t.name for t in tasks]
+        record = {"task": "all", "scores": {s.task: s.accuracy for s in scores}}
+        self.history.append(record)
+        self.current_task = None
+        self.save_checkpoint()
+        return record
+
+    def _evaluate_row(self, seen) -> dict[str, Any]:
+        routing = self.method.eval_routing
+        scores = [
+            evaluate_task(self.model, t, self._eval_collator(), self.tokenizer, routing=routing,
+                          batch_size=self.eval_batch_size, max_examples=self.max_eval_examples)
+            for t in seen
+        ]
+        counts = [(s.selector_correct, s.total) for s in scores] if routing == "selector" else None
+        self.metrics.add_row([s.accuracy for s in scores], selector_counts=counts)
+        summary = self.metrics.summary()
+        logger.info("after %s: %s | %s", seen[-1].name, {s.task: round(s.accuracy, 3) for s in scores}, summary)
+        return {"scores": {s.task: s.accuracy for s in scores}, "summary": summary}
+
+    def _eval_collator(self):
+        options = {"label_space": "global"} if self.kind == "classification" else {}
+        return self.stream.collator(self.kind, "generate", max_length=self.max_length, tokenizer=self.tokenizer, **options)
+
+    def encode_prompts(self, rows: datasets.Dataset):
+        """Prompt-only batches of `rows` on the model's device (what selectors read)."""
+        collate = self.stream.collator(
+            "causal_lm" if self.kind == "causal_lm" else self.kind, "generate",
+            max_length=self.max_length, tokenizer=self.tokenizer, **({"label_space": "global"} if self.kind == "classification" else {}),
+        )
+        device = self.model._device
+        for batch in DataLoader(rows, batch_size=self.eval_batch_size, shuffle=False, collate_fn=collate):
+            for key in (*NON_MODEL_KEYS, "labels", "label_ids"):
+                batch.pop(key, None)
+            yield {k: v.to(device) for k, v in batch.items() if torch.is_tensor(v)}
+
+    # ----- checkpoint / resume ----------------------------------------------------------------
+    def save_checkpoint(self) -> Path | None:
+        """`<output_dir>/checkpoint/`: the saved system + replay memory + metrics + progress, atomically."""
+        if self.output_dir is None:
+            return None
+        destination = self.output_dir / CHECKPOINT_DIR
+        with atomic_directory(destination) as staging:
+            self.model.write_layout(staging, metrics=self.metrics.to_dict())
+            self.memory.save(staging / "replay")
+            write_json(staging / "metrics.json", self.metrics.to_dict())
+            write_json(staging / PROGRESS_FILE, {
+                "method": self.method.name, "stream": list(self.stream.names), "finished": self.finished,
+                "seed": self.seed, "history": self.history,
+            })
+        return destination
+
+    def resume(self) -> list[str]:
+        """Load the last checkpoint into the (task-less) model; returns the tasks already finished."""
+        if self.output_dir is None or not (self.output_dir / CHECKPOINT_DIR / PROGRESS_FILE).is_file():
+            return []
+        checkpoint = self.output_dir / CHECKPOINT_DIR
+        progress = read_json(checkpoint / PROGRESS_FILE)
+        if progress["method"] != self.method.name:
+            raise ValueError(f"{checkpoint} is a {progress['method']!r} run; cannot resume it as {self.method.name!r}")
+        if progress["stream"][: len(progress["finished"])] != list(self.stream.names)[: len(progress["finished"])]:
+            raise ValueError(f"{checkpoint} trained tasks {progress['finished']} in another order than this stream {self.stream.names}")
+        self.model.load_system(checkpoint, strict_base_model_id=False)
+        if not self.method.module_per_task and self.model.num_tasks:
+            self.model.thaw_last_task()
+        self.memory = ReplayMemory.load(checkpoint / "replay")
+        saved = ContinualMetrics.from_dict(read_json(checkpoint / "metrics.json"))
+        self.metrics = ContinualMetrics(  # this stream may extend the saved one
+            task_names=list(self.stream.names), matrix=saved.matrix, selector_counts=saved.selector_counts,
+            single_task_scores=self.metrics.single_task_scores,
+        )
+        self.finished = list(progress["finished"])
+        self.history = list(progress.get("history", []))
+        logger.info("resumed %s after %s", checkpoint, self.finished)
+        return self.finished
+

@@ -1,0 +1,110 @@
+"""Scoring one task: greedy generation + exact match (or argmax over heads), and routing accuracy.
+
+How an example reaches a task module is the `routing` argument, so one function serves every
+method of the harness: `"selector"` (no task id: what users get), `"oracle"` (the true task id),
+`"shared"` (one module for everything: seq_lora, replay, multitask) and `"sum"` (every module at
+weight 1: O-LoRA).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch.utils.data import DataLoader
+
+from .data import NON_MODEL_KEYS
+from .metrics import normalize_answer
+
+ROUTINGS = ("selector", "oracle", "shared", "sum")
+
+
+@dataclass
+class TaskScore:
+    task: str
+    accuracy: float
+    total: int
+    selector_correct: int | None = None
+    predictions: list[str] = field(default_factory=list)
+
+
+def _routing_arguments(model, routing: str, batch: dict) -> tuple[dict, torch.Tensor | None]:
+    """Keyword arguments that route `batch`, and the task each example was sent to (selector only)."""
+    size = batch["input_ids"].shape[0]
+    if routing == "oracle":
+        return {"task_ids": batch["task_ids"]}, None
+    if routing == "shared":
+        return {"task_ids": torch.zeros(size, dtype=torch.long)}, None
+    if routing == "sum":
+        return {"routing_weights": torch.ones(size, model.num_tasks)}, None
+    if routing == "selector":
+        plan = model.routing_plan(batch["input_ids"], batch["attention_mask"])
+        if plan.indices is None:
+            chosen = plan.weights.argmax(dim=-1)
+        else:
+            chosen = plan.indices.gather(1, plan.weights.argmax(dim=-1, keepdim=True)).squeeze(1)
+        return {"routing_plan": plan}, chosen.cpu()
+    raise ValueError(f"Unknown routing {routing!r}; expected one of {ROUTINGS}")
+
+
+@torch.no_grad()
+def evaluate_task(
+    model,
+    task,
+    collator,
+    tokenizer,
+    *,
+    routing: str = "selector",
+    batch_size: int = 16,
+    max_examples: int | None = None,
+    max_new_tokens: int | None = None,
+    split: str = "test",
+) -> TaskScore:
+    """Score `task` on `split` (first `max_examples` rows). `collator` must be a generation collator
+    (prompt only, left padded for decoder-only models) or a classification collator with global labels."""
+    dataset = task.split(split)
+    if max_examples is not None:
+        dataset = dataset.select(range(min(max_examples, len(dataset))))
+    if len(dataset) == 0:
+        raise ValueError(f"Task {task.name!r} has no {split} examples to evaluate")
+    was_training = model.training
+    model.eval()
+    device = model._device
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collator)
+    if max_new_tokens is None and task.labels:
+        max_new_tokens = max(len(tokenizer(label, add_special_tokens=False)["input_ids"]) for label in task.labels) + 2
+    correct, routed_right, predictions = 0, 0, []
+    for batch in loader:
+        references = batch.get("references")
+        for key in NON_MODEL_KEYS:
+            batch.pop(key, None)
+        batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+        route_kwargs, chosen = _routing_arguments(model, routing, batch)
+        if chosen is not None:
+            routed_right += int((chosen == batch["task_ids"].cpu()).sum())
+        task_ids = batch.pop("task_ids")
+        if model.task_type == "sequence_classification":
+            labels = batch.pop("labels")
+            batch.pop("label_ids", None)
+            logits = model(**batch, **route_kwargs).logits
+            guesses = logits.argmax(dim=-1)
+            correct += int((guesses == labels).sum())
+            predictions += [str(int(g)) for g in guesses]
+            continue
+        batch.pop("labels", None)
+        output = model.generate(
+            **batch, **route_kwargs, max_new_tokens=max_new_tokens or 8, do_sample=False,
+            pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
+        )
+        if model.task_type == "causal_lm":
+            output = output[:, batch["input_ids"].shape[1]:]
+        texts = [text.strip().split("\n")[0] for text in tokenizer.batch_decode(output, skip_special_tokens=True)]
+        predictions += texts
+        correct += sum(normalize_answer(p) == normalize_answer(r) for p, r in zip(texts, references))
+        del task_ids
+    model.train(was_training)
+    total = len(dataset)
+    return TaskScore(
+        task=task.name, accuracy=correct / total, total=total,
+        selector_correct=routed_right if routing == "selector" else None, predictions=predictions,
+    )

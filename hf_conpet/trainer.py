@@ -1,0 +1,111 @@
+"""`ContinualTrainer`: the task loop of a continual run, for users who do not want to write it.
+
+    trainer = ContinualTrainer(model, stream, TrainingArguments("out", learning_rate=5e-4, ...),
+                               method="conpet", batches_per_task=60)
+    metrics = trainer.fit()          # resumes from out/checkpoint if a run was interrupted
+
+Each task gets its own stock `transformers.Trainer` (its optimizer must see the task's freshly
+added parameters); `ContinualCallback` does the between-task work.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+
+from transformers import Trainer, TrainingArguments
+
+from .callback import ContinualCallback
+from .methods import SHARED_MODULE_NAME, get_method
+from .regularizers import OLoRARegularizer
+
+logger = logging.getLogger(__name__)
+
+
+def attach_method(model, method_name: str, selector_options: dict | None = None) -> None:
+    """Give `model` what the method needs before its first task: a selector, a regulariser."""
+    method = get_method(method_name)
+    options = {**dict(method.selector_options), **model.conpet_config.selector_options, **(selector_options or {})}
+    if method.selector and model.selector is None:
+        if model.num_tasks:
+            raise ValueError("Attach the selector before the first add_task")
+        from .selectors import SELECTOR_CLASSES
+
+        if method.selector not in SELECTOR_CLASSES:
+            raise ValueError(f"Selector {method.selector!r} is not available in this installation")
+        model.selector = SELECTOR_CLASSES[method.selector].for_model(model, **options)
+    if method.regularizer == "olora":
+        model.regularizer = OLoRARegularizer(lambda1=model.conpet_config.regularizer_weight)
+
+
+class ContinualTrainer:
+    def __init__(
+        self,
+        model,
+        stream,
+        args: TrainingArguments,
+        method: str = "conpet",
+        *,
+        batches_per_task: int | None = None,
+        callbacks: list | None = None,
+        resume: bool = True,
+        **callback_options,
+    ):
+        self.model = model
+        self.stream = stream
+        self.args = args
+        self.method = get_method(method)
+        self.resume = resume
+        attach_method(model, method)
+        self.callback = ContinualCallback(
+            model, stream, method, output_dir=args.output_dir, batch_size=args.per_device_train_batch_size,
+            batches_per_task=batches_per_task, seed=args.seed, **callback_options,
+        )
+        self.extra_callbacks = list(callbacks or [])
+
+    @property
+    def metrics(self):
+        return self.callback.metrics
+
+    def task_arguments(self, num_batches: int | None) -> TrainingArguments:
+        """The user's arguments, with what a continual run needs fixed: a step budget per task,
+        every column kept (task_ids), replay batches kept in order, no Trainer checkpoints."""
+        changes = {
+            "remove_unused_columns": False,
+            "save_strategy": "no",
+            "report_to": [],
+            "train_sampling_strategy": "sequential" if self.method.train_data == "replay" else self.args.train_sampling_strategy,
+        }
+        if num_batches is not None:
+            changes["max_steps"] = num_batches
+        return dataclasses.replace(self.args, **changes)
+
+    def _train(self, dataset, num_batches: int | None) -> None:
+        trainer = Trainer(
+            model=self.model, args=self.task_arguments(num_batches), train_dataset=dataset,
+            data_collator=self.callback.data_collator, callbacks=[self.callback, *self.extra_callbacks],
+        )
+        trainer.train()
+
+    def fit(self):
+        """Train every task not finished yet; returns the run's `ContinualMetrics`."""
+        finished = self.callback.resume() if self.resume else []
+        if finished:
+            logger.info("resuming after %d finished tasks: %s", len(finished), finished)
+        budget = self.callback.batches_per_task
+        if self.method.train_data == "all":
+            if not finished:
+                self.model.add_task("multitask", instruction="all tasks at once")
+                self.callback.current_task = self.stream[len(self.stream) - 1]
+                self._train(self.callback.train_dataset_all(), budget * len(self.stream) if budget else None)
+            return self.metrics
+        for task in self.stream:
+            if task.name in finished:
+                continue
+            if self.method.module_per_task:
+                self.model.add_task(task.name, labels=task.labels, instruction=task.instruction,
+                                    num_train=len(task.train), num_test=len(task.test))
+            elif self.model.num_tasks == 0:
+                self.model.add_task(SHARED_MODULE_NAME, instruction="one module shared by every task")
+            self._train(self.callback.train_dataset(task), budget)
+        return self.metrics

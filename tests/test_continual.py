@@ -1,0 +1,127 @@
+"""The continual harness on a tiny random Llama: selector growth, callback rows, checkpoints, resume."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import Trainer, TrainingArguments
+
+from hf_conpet import ConPetConfig, ConPetModelForCausalLM
+from hf_conpet.callback import ContinualCallback
+from hf_conpet.data import TaskStream
+from hf_conpet.selectors import ConPetSelector
+from hf_conpet.trainer import ContinualTrainer, attach_method
+
+from tiny_models import tiny_byte_tokenizer, tiny_llama_for
+
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "long_sequence"
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return tiny_byte_tokenizer()
+
+
+def small_stream(tokenizer, tasks=("sst2", "copa", "wic")):
+    return TaskStream.from_dir(DATA, order=list(tasks), tokenizer=tokenizer, max_train=24, max_test=6, validation_size=4)
+
+
+def args(tmp_path, **overrides):
+    values = dict(output_dir=str(tmp_path / "run"), per_device_train_batch_size=4, learning_rate=5e-3,
+                  logging_strategy="no", report_to=[], use_cpu=True, seed=0, disable_tqdm=True)
+    values.update(overrides)
+    return TrainingArguments(**values)
+
+
+def make_model(tokenizer, **config):
+    return ConPetModelForCausalLM(tiny_llama_for(tokenizer), ConPetConfig(**config), tokenizer=tokenizer)
+
+
+def test_selector_growth_keeps_old_rows_bit_identical():
+    selector = ConPetSelector(hidden_size=8, head_dim=4)
+    selector.add_task()
+    selector.add_task()
+    rows, bias = selector.task_rows.detach().clone(), selector.task_bias.detach().clone()
+    selector.add_task()
+    assert selector.num_tasks == 3
+    assert torch.equal(selector.task_rows[:2], rows) and torch.equal(selector.task_bias[:2], bias)
+
+
+@pytest.mark.parametrize("method", ["conpet", "replay", "seq_lora", "oracle", "olora"])
+def test_continual_trainer_fills_the_matrix_and_checkpoints(method, tokenizer, tmp_path):
+    stream = small_stream(tokenizer)
+    model = make_model(tokenizer, selector="none" if method != "conpet" else "conpet")
+    trainer = ContinualTrainer(model, stream, args(tmp_path), method=method, batches_per_task=3,
+                               max_length=64, max_eval_examples=4, selector_steps=5, selector_batch_size=4)
+    metrics = trainer.fit()
+    assert [sum(v is not None for v in row) for row in metrics.matrix] == [1, 2, 3]
+    assert all(0.0 <= value <= 1.0 for row in metrics.matrix for value in row if value is not None)
+    summary = metrics.summary()
+    assert set(summary) >= {"AP", "F.Ra", "BWT", "FWT", "selector_accuracy"}
+    if method == "conpet":
+        assert summary["selector_accuracy"] is not None and model.selector.num_tasks == 3
+    expected_modules = 1 if method in ("replay", "seq_lora") else 3
+    assert model.num_tasks == expected_modules
+    checkpoint = tmp_path / "run" / "checkpoint"
+    progress = json.loads((checkpoint / "progress.json").read_text())
+    assert progress["finished"] == ["sst2", "copa", "wic"] and progress["method"] == method
+    assert (checkpoint / "conpet_config.json").is_file() and (checkpoint / "replay").is_dir()
+    assert json.loads((checkpoint / "metrics.json").read_text())["matrix"] == metrics.matrix
+
+
+def test_replay_batches_mix_new_and_old_tasks(tokenizer, tmp_path):
+    stream = small_stream(tokenizer)
+    model = make_model(tokenizer, selector="none")
+    callback = ContinualCallback(model, stream, "replay", tokenizer=tokenizer, batch_size=4, batches_per_task=5)
+    callback.memory.add_task(0, stream[0].train)
+    dataset = callback.train_dataset(stream[1])
+    assert len(dataset) == 20  # fixed cost: batches x batch size
+    task_ids = dataset["task_id"]
+    for start in range(0, 20, 4):
+        assert sorted(task_ids[start : start + 4]) == [0, 0, 1, 1]
+
+
+def test_resume_skips_finished_tasks(tokenizer, tmp_path):
+    stream = small_stream(tokenizer)
+    first = make_model(tokenizer, selector="conpet")
+    trainer = ContinualTrainer(first, TaskStream(list(stream)[:2], tokenizer=tokenizer), args(tmp_path), method="conpet",
+                               batches_per_task=2, max_length=64, max_eval_examples=3, selector_steps=3, selector_batch_size=4)
+    trainer.fit()  # "killed" after two tasks: the checkpoint holds sst2 and copa
+
+    resumed = make_model(tokenizer, selector="conpet")
+    trained = []
+    again = ContinualTrainer(resumed, stream, args(tmp_path), method="conpet", batches_per_task=2,
+                             max_length=64, max_eval_examples=3, selector_steps=3, selector_batch_size=4)
+    original_train = again._train
+    again._train = lambda dataset, budget: (trained.append(again.callback.current_task.name), original_train(dataset, budget))
+    metrics = again.fit()
+    assert trained == ["wic"]
+    assert resumed.task_names == ["sst2", "copa", "wic"]
+    assert [sum(v is not None for v in row) for row in metrics.matrix] == [1, 2, 3]
+    first_layer = next(iter(first.base_model.lora_layers().values()))
+    resumed_layer = next(iter(resumed.base_model.lora_layers().values()))
+    assert torch.equal(first_layer.frozen_lora_A, resumed_layer.frozen_lora_A[:2])
+
+
+def test_resume_refuses_another_method(tokenizer, tmp_path):
+    stream = small_stream(tokenizer, tasks=("sst2",))
+    ContinualTrainer(make_model(tokenizer, selector="none"), stream, args(tmp_path), method="oracle", batches_per_task=1,
+                     max_length=64, max_eval_examples=2).fit()
+    with pytest.raises(ValueError, match="cannot resume"):
+        ContinualTrainer(make_model(tokenizer, selector="none"), stream, args(tmp_path), method="seq_lora", batches_per_task=1,
+                         max_length=64, max_eval_examples=2).fit()
+
+
+def test_multitask_trains_one_module_on_everything(tokenizer, tmp_path):
+    stream = small_stream(tokenizer)
+    model = make_model(tokenizer, selector="none")
+    metrics = ContinualTrainer(model, stream, args(tmp_path), method="multitask", batches_per_task=2,
+                               max_length=64, max_eval_examples=3).fit()
+    assert model.task_names == ["multitask"]
+    assert len(metrics.matrix) == 3 and metrics.matrix[0][0] == metrics.matrix[2][0]
+
+
+def test_attach_method_refuses_unknown(tokenizer):
+    with pytest.raises(ValueError, match="Unknown method"):
+        attach_method(make_model(tokenizer), "magic")
