@@ -16,7 +16,6 @@ The released data has dev == test, so the validation split is carved from train 
 from __future__ import annotations
 
 import json
-import re
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -27,6 +26,7 @@ import numpy as np
 import torch
 from datasets import Dataset, Features, Value, concatenate_datasets
 
+from ._io import validate_task_name
 from .metrics import normalize_answer
 
 __all__ = [
@@ -43,7 +43,6 @@ __all__ = [
 ]
 
 DEFAULT_TEMPLATE = "{instruction}\n{input}\nOutput: "
-TASK_NAME_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 SPLITS = ("train", "validation", "test")
 
 #: Columns of every split. ``label_id`` is the task-local index of ``output`` in ``Task.labels``.
@@ -62,17 +61,6 @@ COLUMNS = Features(
 NON_MODEL_KEYS = ("references", "example_ids")
 
 IGNORE_INDEX = -100
-
-
-def validate_task_name(name: Any) -> str:
-    """Return ``name`` if it is identifier-like; task names become folder and adapter names."""
-    if not isinstance(name, str) or not TASK_NAME_PATTERN.match(name):
-        raise ValueError(
-            f"invalid task name {name!r}: task names become folder and adapter names, so they must "
-            f"match {TASK_NAME_PATTERN.pattern} (a letter or '_' first, then letters, digits, '_', "
-            f"at most 64 characters)"
-        )
-    return name
 
 
 def _check_labels(labels: Any, where: str) -> list[str]:
