@@ -16,9 +16,7 @@ TASK_NAME_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 def validate_task_name(name: object) -> str:
     """Task names become folder names (`tasks/<name>/`) and adapter names, so they must be plain
     identifiers: no path pieces, no leading digit (PEFT mangles adapter names like "0")."""
-    if not isinstance(name, str) or not name:
-        raise ValueError(f"Task name must be a non-empty string, got {name!r}")
-    if not TASK_NAME_PATTERN.match(name):
+    if not isinstance(name, str) or not TASK_NAME_PATTERN.match(name):
         raise ValueError(
             f"Invalid task name {name!r}: use 1-64 ASCII letters, digits or underscores, not starting "
             "with a digit (names become folder names under tasks/)"
