@@ -400,6 +400,47 @@ class ConPetModel(PeftModel):
             "metrics": metrics,
         }
 
+    def push_to_hub(
+        self,
+        repo_id: str,
+        *,
+        private: bool | None = None,
+        token: str | bool | None = None,
+        revision: str | None = None,
+        commit_message: str | None = None,
+        create_pr: bool = False,
+        metrics: Any = None,
+        endpoint: str | None = None,
+    ):
+        """Upload the whole system (layout, model card, accuracy plot) to `repo_id` as ONE commit.
+
+        Overrides PeftModel's / transformers' `push_to_hub`, which would push a single adapter
+        under a generic card. One commit means a failed push (`HubPushError`) leaves the repo as it
+        was. `metrics` (a dict or `ContinualMetrics`) feed the manifest and the card; by default,
+        those this system was loaded with, while its task list is unchanged. Returns the
+        `CommitInfo`, or None on every process but the main one (accelerate / torchrun).
+        """
+        import tempfile
+
+        from . import hub
+
+        if not hub.is_main_process():  # rank 0 pushes; the others need not even write the layout
+            return None
+        if self.num_tasks == 0:
+            raise ValueError("Nothing to push: the model has no tasks")
+        if metrics is None:
+            loaded_tasks, loaded_metrics = getattr(self, "_loaded_metrics", ((), None))
+            metrics = loaded_metrics if list(loaded_tasks) == self.task_names else None
+        elif hasattr(metrics, "to_dict"):
+            metrics = metrics.to_dict()
+        with tempfile.TemporaryDirectory(prefix="hf_conpet_push_") as folder:
+            self.write_layout(folder, metrics=metrics)
+            hub.write_model_card(folder, repo_id)
+            return hub.push_folder(
+                folder, repo_id, private=private, token=token, revision=revision,
+                commit_message=commit_message, create_pr=create_pr, endpoint=endpoint,
+            )
+
     @classmethod
     def from_pretrained(
         cls,
@@ -407,12 +448,19 @@ class ConPetModel(PeftModel):
         base_model: nn.Module | None = None,
         *,
         revision: str | None = None,
-        token: str | None = None,
+        token: str | bool | None = None,
         strict_base_model_id: bool = True,
+        endpoint: str | None = None,
+        cache_dir: str | os.PathLike | None = None,
         **base_kwargs,
     ) -> "ConPetModel":
-        """Load a whole system: base model (from the manifest unless given), every task, the selector."""
-        directory = _resolve_system_dir(model_id_or_path, revision=revision, token=token)
+        """Load a whole system: base model (from the manifest unless given), every task, the selector.
+
+        `model_id_or_path` is a local folder or a Hub repo id (fetched from `endpoint`, else
+        `HF_ENDPOINT` read at call time). `token`, `endpoint` and `cache_dir` also serve the base
+        model's download; `base_kwargs` go to its `from_pretrained` (e.g. `dtype`).
+        """
+        directory = _resolve_system_dir(model_id_or_path, revision=revision, token=token, endpoint=endpoint, cache_dir=cache_dir)
         manifest = read_manifest(directory)
         if manifest["task_type"] != cls.task_type:
             raise ValueError(
@@ -424,10 +472,15 @@ class ConPetModel(PeftModel):
             base_id = manifest["base_model"].get("name_or_path")
             if not base_id:
                 raise ValueError(f"{directory}/{MANIFEST_NAME} records no base model id: pass base_model=...")
-            base_model, tokenizer = _load_base_model(cls.auto_model_class, base_id, manifest["base_model"].get("revision"), base_kwargs)
+            base_model, tokenizer = _load_base_model(
+                cls.auto_model_class, base_id, manifest["base_model"].get("revision"), base_kwargs,
+                token=token, endpoint=endpoint, cache_dir=cache_dir,
+            )
         config = ConPetConfig.from_dict(manifest["config"])
         model = cls(base_model, config, tokenizer=tokenizer)
         model.load_system(directory, strict_base_model_id=strict_base_model_id, manifest=manifest)
+        # kept for push_to_hub's card, which uses them only while the task list is unchanged
+        model._loaded_metrics = (tuple(model.task_names), manifest.get("metrics"))
         return model
 
     def load_system(self, directory: str | os.PathLike, strict_base_model_id: bool = True, manifest: dict | None = None) -> None:
@@ -621,23 +674,80 @@ def load_selector(selector_dir: Path, model: ConPetModel, kind: str) -> TaskSele
     return selector
 
 
-def _resolve_system_dir(model_id_or_path, revision=None, token=None) -> Path:
+def _resolve_system_dir(model_id_or_path, revision=None, token=None, endpoint=None, cache_dir=None) -> Path:
     path = Path(model_id_or_path)
     if path.is_dir():
         return path
     from .hub import download_system
 
-    return Path(download_system(str(model_id_or_path), revision=revision, token=token))
+    return Path(download_system(str(model_id_or_path), revision=revision, token=token, endpoint=endpoint, cache_dir=cache_dir))
 
 
-def _load_base_model(auto_class, base_id: str, revision: str | None, base_kwargs: dict):
+def _load_base_model(auto_class, base_id: str, revision: str | None, base_kwargs: dict, *, token=None, endpoint=None, cache_dir=None):
+    """The manifest's base model (and its tokenizer, if it has one), from a local folder.
+
+    Which folder: the embedded default when the manifest names the canonical default id (its
+    GGUF conversion, or a Hub-cache copy of the original: whichever the system was trained on,
+    told by the recorded revision), a local path as is, else a Hub snapshot fetched with the
+    official client from `endpoint` / `HF_ENDPOINT` (transformers would read the endpoint only at
+    import). Only safetensors, JSON and tokenizer files are fetched; remote code is never run.
+    """
+    import warnings
+
+    from huggingface_hub import constants as hf_constants
+    from huggingface_hub import snapshot_download
     from transformers import AutoTokenizer
 
-    kwargs = {"revision": revision, **base_kwargs} if revision and not os.path.isdir(base_id) else dict(base_kwargs)
-    kwargs.pop("trust_remote_code", None)
-    model = auto_class.from_pretrained(base_id, trust_remote_code=False, **kwargs)
+    from . import default_model
+    from .hub import _endpoint
+
+    kwargs = dict(base_kwargs)
+    if kwargs.pop("trust_remote_code", False):
+        raise ValueError("hf_conpet never runs remote code: trust_remote_code=True is refused")
+    source = None
+    trained_on_gguf = bool(revision) and str(revision).startswith("gguf:")
+    if default_model.is_default_model(base_id) and (not revision or trained_on_gguf):
+        try:  # offline by id: no Hub needed for the default model
+            source = default_model.resolve_base_model(base_id, cache_dir=None, use_hub_cache=not trained_on_gguf)
+        except default_model.DefaultModelUnavailable:
+            if trained_on_gguf or hf_constants.is_offline_mode():
+                raise
+    elif os.path.isdir(base_id):
+        source = base_id
+    elif os.path.isabs(base_id) or base_id.startswith((".", "~")) or base_id.count("/") > 1:
+        raise FileNotFoundError(
+            f"The system's base model {base_id!r} is a local folder that is not on this machine: "
+            "pass base_model=... (the same weights)"
+        )
+    if source is None:
+        patterns = ["config.json", "generation_config.json", "*.safetensors", "*.safetensors.index.json",
+                    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
+                    "vocab.json", "vocab.txt", "merges.txt", "*.model", "chat_template.jinja", "chat_template.json"]
+        where = f"{base_id}@{revision or hf_constants.DEFAULT_REVISION}"
+        try:
+            source = snapshot_download(base_id, revision=revision, token=token, endpoint=_endpoint(endpoint),
+                                       cache_dir=cache_dir, allow_patterns=patterns)
+        except Exception as err:  # noqa: BLE001 - say which base model and what to do
+            raise OSError(
+                f"Cannot fetch the system's base model {where} (recorded in its manifest): "
+                f"{type(err).__name__}: {err}. Pass base_model=... to use a copy you have."
+            ) from err
+        if not any(Path(source).glob("*.safetensors")):
+            raise OSError(f"The base model {where} has no safetensors weights; hf_conpet never loads "
+                          "pickled weights: pass base_model=... instead")
+    model = auto_class.from_pretrained(source, trust_remote_code=False, use_safetensors=True, **kwargs)
+    if source != base_id:  # record the id, not this machine's cache path, when saved again
+        model.config._name_or_path = base_id
+        if revision and not trained_on_gguf and not getattr(model.config, "_commit_hash", None):
+            model.config._commit_hash = revision
+    built_from = getattr(model.config, "hf_conpet_revision", None)
+    if trained_on_gguf and built_from != revision:
+        warnings.warn(f"The system was trained on {base_id} from {revision}, but {built_from} is installed: "
+                      "outputs may differ slightly", stacklevel=3)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(base_id, trust_remote_code=False)
-    except (OSError, ValueError):
+        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=False)
+    except (OSError, ValueError, KeyError):
         tokenizer = None
+    if tokenizer is not None and tokenizer.pad_token is None and tokenizer.eos_token is not None:
+        tokenizer.pad_token = tokenizer.eos_token  # batches need one; padding is masked anyway
     return model, tokenizer
