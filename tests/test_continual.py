@@ -48,10 +48,10 @@ def test_selector_growth_keeps_old_rows_bit_identical():
     assert torch.equal(selector.task_rows[:2], rows) and torch.equal(selector.task_bias[:2], bias)
 
 
-@pytest.mark.parametrize("method", ["conpet", "replay", "seq_lora", "oracle", "olora"])
+@pytest.mark.parametrize("method", ["conpet", "sapt", "sapt_no_arm", "replay", "seq_lora", "oracle", "olora"])
 def test_continual_trainer_fills_the_matrix_and_checkpoints(method, tokenizer, tmp_path):
     stream = small_stream(tokenizer)
-    model = make_model(tokenizer, selector="none" if method != "conpet" else "conpet")
+    model = make_model(tokenizer, selector={"conpet": "conpet", "sapt": "sapt", "sapt_no_arm": "sapt"}.get(method, "none"))
     trainer = ContinualTrainer(model, stream, args(tmp_path), method=method, batches_per_task=3,
                                max_length=64, max_eval_examples=4, selector_steps=5, selector_batch_size=4)
     metrics = trainer.fit()
@@ -59,7 +59,7 @@ def test_continual_trainer_fills_the_matrix_and_checkpoints(method, tokenizer, t
     assert all(0.0 <= value <= 1.0 for row in metrics.matrix for value in row if value is not None)
     summary = metrics.summary()
     assert set(summary) >= {"AP", "F.Ra", "BWT", "FWT", "selector_accuracy"}
-    if method == "conpet":
+    if method in ("conpet", "sapt", "sapt_no_arm"):
         assert summary["selector_accuracy"] is not None and model.selector.num_tasks == 3
     expected_modules = 1 if method in ("replay", "seq_lora") else 3
     assert model.num_tasks == expected_modules

@@ -1,0 +1,119 @@
+"""Every method of the harness on one stream and one budget: AP, F.Ra, BWT, FWT, selector accuracy.
+
+    python benchmarks/continual_accuracy.py --data-dir ../shared/data/long_sequence \\
+        --tasks yelp,amazon,mnli,cb,copa,rte,sst2,boolq,wic,agnews \\
+        --methods oracle,conpet,sapt,sapt_no_arm,replay,seq_lora,multitask --steps-per-task 60
+
+Any directory in the long_sequence layout works (<task>/{train,test}.jsonl + meta.json). The
+oracle run (one fresh LoRA per task, true task id) goes first when listed: its diagonal is the
+single-task score FWT is measured against. Every figure printed comes from this one run, with
+the budget printed beside it; `AP / multitask` needs `multitask` among the methods.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, TrainingArguments
+
+from hf_conpet import ConPetConfig, ConPetModelForCausalLM
+from hf_conpet.data import TaskStream
+from hf_conpet.default_model import DEFAULT_DATA_DIR, DEFAULT_TASKS, resolve_base_model
+from hf_conpet.trainer import ContinualTrainer
+
+
+def parse_args():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data-dir", default=str(DEFAULT_DATA_DIR))
+    parser.add_argument("--tasks", default=",".join(DEFAULT_TASKS))
+    parser.add_argument("--methods", default="oracle,conpet,sapt,replay,seq_lora,multitask")
+    parser.add_argument("--model", default=None, help="Hub id or path; default: the offline SmolLM2-135M-Instruct")
+    parser.add_argument("--steps-per-task", type=int, default=60)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--learning-rate", type=float, default=5e-4)
+    parser.add_argument("--max-length", type=int, default=192)
+    parser.add_argument("--max-train", type=int, default=None, help="training examples per task (default: all)")
+    parser.add_argument("--max-eval-examples", type=int, default=50)
+    parser.add_argument("--r", type=int, default=8)
+    parser.add_argument("--lora-alpha", type=float, default=16)
+    parser.add_argument("--targets", default="q_proj,v_proj")
+    parser.add_argument("--new-task-init", default="random", choices=["random", "previous"])
+    parser.add_argument("--selector-feature", default="hidden", choices=["hidden", "embeddings"])
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--output", default="runs/continual_accuracy")
+    return parser.parse_args()
+
+
+def run_method(method, args, tokenizer, base_path, single_task_scores):
+    torch.manual_seed(args.seed)
+    stream = TaskStream.from_dir(args.data_dir, order=args.tasks.split(","), tokenizer=tokenizer,
+                                 max_train=args.max_train, seed=args.seed)
+    config = ConPetConfig(
+        r=args.r, lora_alpha=args.lora_alpha, target_modules=args.targets.split(","),
+        new_task_init=args.new_task_init,
+        selector={"conpet": "conpet", "sapt": "sapt", "sapt_no_arm": "sapt"}.get(method, "none"),
+        selector_options={"feature_source": args.selector_feature} if method == "conpet" else {},
+    )
+    base = AutoModelForCausalLM.from_pretrained(base_path)
+    model = ConPetModelForCausalLM(base, config, tokenizer=tokenizer)
+    training_args = TrainingArguments(
+        output_dir=str(Path(args.output) / method), per_device_train_batch_size=args.batch_size,
+        learning_rate=args.learning_rate, weight_decay=0.0, lr_scheduler_type="constant", logging_strategy="no",
+        report_to=[], disable_tqdm=True, seed=args.seed, use_cpu=not torch.cuda.is_available(),
+    )
+    trainer = ContinualTrainer(
+        model, stream, training_args, method=method, batches_per_task=args.steps_per_task, resume=False,
+        max_length=args.max_length, max_eval_examples=args.max_eval_examples, single_task_scores=single_task_scores,
+    )
+    start = time.perf_counter()
+    metrics = trainer.fit()
+    return metrics, time.perf_counter() - start
+
+
+def main():
+    args = parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    base_path = resolve_base_model(args.model)
+    tokenizer = AutoTokenizer.from_pretrained(base_path)
+    methods = args.methods.split(",")
+    if "oracle" in methods:
+        methods.remove("oracle")
+        methods.insert(0, "oracle")
+    results, single_task_scores = {}, None
+    for method in methods:
+        metrics, seconds = run_method(method, args, tokenizer, base_path, single_task_scores)
+        if method == "oracle":
+            single_task_scores = {name: metrics.matrix[i][i] for i, name in enumerate(metrics.task_names)}
+        results[method] = {"summary": metrics.summary(), "seconds": seconds, "metrics": metrics.to_dict()}
+        print(f"\n=== {method} ({seconds / 60:.1f} min) ===\n{metrics.table()}", flush=True)
+
+    budget = (f"{len(args.tasks.split(','))} tasks ({args.tasks}), {args.steps_per_task} steps/task x batch "
+              f"{args.batch_size}, lr {args.learning_rate}, LoRA r={args.r} alpha={args.lora_alpha} on {args.targets}, "
+              f"max_length {args.max_length}, first {args.max_eval_examples} test examples/task, "
+              f"torch threads {torch.get_num_threads()}")
+    print(f"\nbudget: {budget}")
+    multitask_ap = results.get("multitask", {}).get("summary", {}).get("AP")
+    header = f"{'method':<12} {'AP':>6} {'F.Ra':>6} {'BWT':>7} {'FWT':>7} {'select':>7} {'AP/mt':>6} {'min':>5}"
+    print(header)
+
+    def fmt(value, width, signed=False):
+        if value is None:
+            return f"{'-':>{width}}"
+        return f"{value * 100:>+{width}.1f}" if signed else f"{value * 100:>{width}.1f}"
+
+    for method, result in results.items():
+        s = result["summary"]
+        ratio = f"{s['AP'] / multitask_ap:>6.3f}" if multitask_ap else f"{'-':>6}"
+        print(f"{method:<12} {fmt(s['AP'], 6)} {fmt(s['F.Ra'], 6)} {fmt(s['BWT'], 7, True)} {fmt(s['FWT'], 7, True)} "
+              f"{fmt(s['selector_accuracy'], 7)} {ratio} {result['seconds'] / 60:>5.1f}")
+    Path(args.output).mkdir(parents=True, exist_ok=True)
+    (Path(args.output) / "results.json").write_text(json.dumps({"budget": budget, "results": results}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
