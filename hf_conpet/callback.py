@@ -176,7 +176,8 @@ class ContinualCallback(TrainerCallback):
         if task.index not in self.memory:
             self.memory.add_task(task.index, task.train)
         seen = [t for t in self.stream if t.index <= task.index]
-        record.update(self._evaluate_row(seen))
+        if self.max_eval_examples != 0:  # 0: no evaluation (cost benchmarks)
+            record.update(self._evaluate_row(seen))
         self.finished.append(task.name)
         self.current_task = None
         self.history.append(record)

@@ -614,17 +614,24 @@ def _batch_size(input_ids, inputs_embeds) -> int | None:
 
 
 def base_model_id(model: nn.Module) -> str | None:
-    """The id the manifest records for the base model (its Hub id or the path it was loaded from)."""
-    config = getattr(model, "config", None)
-    return getattr(config, "_name_or_path", None) or None
+    """The id the manifest records for the base model: its Hub id where it can be told (also for
+    the converted offline default and Hub-cache snapshots), else the path it was loaded from."""
+    from .default_model import canonical_model_id
+
+    try:
+        return canonical_model_id(model)
+    except ValueError:
+        return None
 
 
 def base_model_fingerprint(model: nn.Module, target_paths: list[str]) -> dict[str, Any]:
     """What must match for saved task LoRAs to mean the same thing on another copy of the model."""
+    from .default_model import model_revision
+
     config = getattr(model, "config", None)
     return {
         "name_or_path": base_model_id(model),
-        "revision": getattr(config, "_commit_hash", None),
+        "revision": model_revision(model) if config is not None else None,
         "model_type": getattr(config, "model_type", None),
         "architectures": getattr(config, "architectures", None),
         "target_shapes": {path: [model.get_submodule(path).out_features, model.get_submodule(path).in_features] for path in target_paths},
