@@ -14,6 +14,10 @@ from .model import (  # noqa: E402
     ConPetModelForSeq2SeqLM,
     ConPetModelForSequenceClassification,
 )
+from .data import Task, TaskStream  # noqa: E402
+from .metrics import ContinualMetrics  # noqa: E402
+from .callback import ContinualCallback  # noqa: E402
+from .trainer import ContinualTrainer, attach_method  # noqa: E402
 
 __all__ = [
     "ConPetConfig",
@@ -21,6 +25,12 @@ __all__ = [
     "ConPetModelForCausalLM",
     "ConPetModelForSeq2SeqLM",
     "ConPetModelForSequenceClassification",
+    "ContinualCallback",
+    "ContinualMetrics",
+    "ContinualTrainer",
     "RoutingPlan",
+    "Task",
     "TaskStackedLoraLinear",
+    "TaskStream",
+    "attach_method",
 ]
