@@ -99,8 +99,10 @@ class ConPetSelector(TaskSelector):
         if self.num_tasks < 2:
             return {"selector_steps": 0}
         old = {index: subsets[index] for index in context.memory.tasks}
+        new_rows = len(subsets[context.task_index])
+        batch_size = min(context.batch_size, max(2, int(new_rows * (1 + 1 / context.replay_ratio))))  # tiny tasks
         sampler = DynamicReplaySampler(
-            subsets[context.task_index], old, batch_size=context.batch_size, batches_per_task=context.steps,
+            subsets[context.task_index], old, batch_size=batch_size, batches_per_task=context.steps,
             ratio=context.replay_ratio, seed=context.seed, new_task_index=context.task_index,
         )
         plan = sampler.plan()
