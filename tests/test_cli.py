@@ -1,0 +1,281 @@
+"""`hf-conpet` end to end: a tiny random Llama on two tiny tasks (seconds), and one slow run of the
+real quickstart path (the embedded SmolLM2 and benchmark, reduced budget; `-m "not slow"` skips it).
+
+Everything runs in-process through `cli.main(argv)`, which returns the exit status.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from hf_conpet import ConPetModelForCausalLM, cli
+from hf_conpet.callback import ContinualCallback
+from hf_conpet.metrics import ContinualMetrics
+
+from tiny_models import tiny_byte_tokenizer, tiny_llama_for
+
+TASKS = {"alpha": (["yes", "no"], "Answer yes or no."), "beta": (["red", "blue"], "Name the colour.")}
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread: on shared cores two threads spin against each other (measured here: a tiny
+    Llama step 20 ms on one thread, 0.26-1.2 s on two; SmolLM2 runs also finish faster)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    """A tiny random Llama and its byte tokenizer, saved like any local model folder."""
+    folder = tmp_path_factory.mktemp("tiny_llama")
+    tokenizer = tiny_byte_tokenizer()
+    tiny_llama_for(tokenizer).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    """Two tasks in the long_sequence layout: <task>/{train,test}.jsonl + meta.json."""
+    root = tmp_path_factory.mktemp("tasks")
+    for name, (labels, instruction) in TASKS.items():
+        folder = root / name
+        folder.mkdir()
+        (folder / "meta.json").write_text(json.dumps({"labels": labels, "instruction": instruction}))
+        for split, count in (("train", 40), ("test", 4)):
+            lines = [json.dumps({"id": f"{name}-{split}-{k}", "input": f"{name} item {k}", "output": labels[k % 2]})
+                     for k in range(count)]
+            (folder / f"{split}.jsonl").write_text("\n".join(lines) + "\n")
+    return root
+
+
+def run_args(model, data, output, *extra):
+    return ["run", "--model", str(model), "--data-dir", str(data), "--output", str(output),
+            "--max-steps-per-task", "2", "--batch-size", "4", "--max-length", "64", "--max-eval-examples", "4", *extra]
+
+
+@pytest.fixture(scope="module")
+def finished_run(one_thread, tiny_model, tiny_data, tmp_path_factory):
+    """One complete run, shared by the tests that read its outputs; returns (output dir, stdout)."""
+    import contextlib
+    import io
+
+    output = tmp_path_factory.mktemp("runs") / "out"
+    stdout = io.StringIO()
+    with contextlib.redirect_stdout(stdout):
+        status = cli.main(run_args(tiny_model, tiny_data, output))
+    assert status == 0, stdout.getvalue()
+    return output, stdout.getvalue()
+
+
+def test_run_writes_a_system_metrics_card_plot_and_log(finished_run):
+    from huggingface_hub import ModelCard
+    from matplotlib.image import imread
+
+    from hf_conpet.plots import plot_accuracy_matrix
+
+    output, stdout = finished_run
+    assert "[1/2] alpha" in stdout and "[2/2] beta" in stdout  # the task counter
+    assert "AP" in stdout and "selector" in stdout  # the final table
+
+    metrics = json.loads((output / "metrics.json").read_text())
+    parsed = ContinualMetrics.from_dict(metrics)
+    assert parsed.task_names == ["alpha", "beta"]
+    assert [sum(v is not None for v in row) for row in parsed.matrix] == [1, 2]
+    assert set(metrics["summary"]) >= {"AP", "F.Ra", "BWT", "FWT", "selector_accuracy"}
+    assert metrics["run"]["method"] == "conpet" and metrics["run"]["tasks"] == ["alpha", "beta"]
+
+    system = output / "model"
+    card = ModelCard.load(system / "README.md")
+    assert card.data.library_name == "hf-conpet"
+    assert {result.metric_name for result in card.data.eval_results} >= {"AP", "Selector accuracy"}
+    assert "accuracy_matrix.png" in card.text
+
+    image = imread(system / "accuracy_matrix.png")
+    assert image.ndim == 3 and image.shape[0] > 0 and image.shape[1] > 0
+    # it is the plot of this run's matrix: drawing the matrix again gives the same pixels
+    again = plot_accuracy_matrix(parsed.matrix, parsed.task_names, output.parent / "again.png",
+                                 title="hf_conpet: accuracy after each task")
+    assert np.array_equal(imread(again), image)
+
+    log = (output / "run.log").read_text()
+    assert "after alpha" in log and "after beta" in log
+    assert (output / "checkpoint" / "progress.json").is_file()
+    assert not list(output.glob(".*tmp*"))  # no staging leftovers
+
+    loaded = ConPetModelForCausalLM.from_pretrained(system)  # the base model is found from the manifest
+    assert loaded.task_names == ["alpha", "beta"] and loaded.selector is not None
+
+
+def test_eval_and_route_on_the_output(finished_run, capsys):
+    output, _ = finished_run
+    capsys.readouterr()
+    assert cli.main(["eval", str(output)]) == 0
+    printed = capsys.readouterr().out
+    assert "alpha" in printed and "beta" in printed and "selector accuracy:" in printed
+
+    assert cli.main(["eval", str(output / "model"), "--tasks", "beta", "--routing", "oracle"]) == 0
+    printed = capsys.readouterr().out
+    assert "beta" in printed and "alpha " not in printed
+
+    prompts = ["Answer yes or no.\\nalpha item 3\\nOutput: ", "Name the colour.\\nbeta item 1\\nOutput: "]
+    assert cli.main(["route", str(output), *prompts]) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("tasks:") == 2 and printed.count("answer:") == 2
+    probabilities = [float(word) for line in printed.splitlines() if "tasks:" in line
+                     for word in line.split()[2::2]]
+    assert all(0.0 <= p <= 1.0 for p in probabilities) and len(probabilities) == 4
+
+
+def test_resume_after_a_killed_run_trains_only_the_unfinished_task(one_thread, tiny_model, tiny_data, tmp_path, monkeypatch, capsys):
+    output = tmp_path / "out"
+    trained = []
+    original = ContinualCallback.train_dataset
+
+    def killed_at_beta(self, task):
+        if task.name == "beta":
+            raise KeyboardInterrupt  # the run dies once alpha is finished and checkpointed
+        trained.append(task.name)
+        return original(self, task)
+
+    monkeypatch.setattr(ContinualCallback, "train_dataset", killed_at_beta)
+    assert cli.main(run_args(tiny_model, tiny_data, output)) == 130
+    assert "--resume" in capsys.readouterr().err
+    assert trained == ["alpha"]
+    assert not (output / "model").exists() and not (output / "metrics.json").exists()  # nothing half-written
+    progress = json.loads((output / "checkpoint" / "progress.json").read_text())
+    assert progress["finished"] == ["alpha"]
+    alpha_before = load_file(output / "checkpoint" / "tasks" / "alpha" / "adapter_model.safetensors")
+
+    # without --resume the run is refused and left as it is
+    assert cli.main(run_args(tiny_model, tiny_data, output)) == 2
+    assert "--resume" in capsys.readouterr().err
+
+    def recording(self, task):
+        trained.append(task.name)
+        return original(self, task)
+
+    trained.clear()
+    monkeypatch.setattr(ContinualCallback, "train_dataset", recording)
+    assert cli.main(["run", "--output", str(output), "--resume"]) == 0  # the recorded settings are reused
+    assert trained == ["beta"]
+    assert "not retrained" in capsys.readouterr().out
+    alpha_after = load_file(output / "model" / "tasks" / "alpha" / "adapter_model.safetensors")
+    assert alpha_after.keys() == alpha_before.keys()
+    assert all(torch.equal(alpha_after[key], alpha_before[key]) for key in alpha_before)
+    metrics = ContinualMetrics.from_dict(json.loads((output / "metrics.json").read_text()))
+    assert [sum(v is not None for v in row) for row in metrics.matrix] == [1, 2]
+
+
+@pytest.mark.parametrize(
+    "change, expected",
+    [
+        (["--tasks", "alpha,gamma"], "unknown task 'gamma'"),
+        (["--method", "magic"], "unknown method 'magic'"),
+        (["--data-dir", "{tmp}/no-such-dir"], "does not exist"),
+        (["--model", "{tmp}/empty-model"], "cannot load model"),
+        (["--model", "{tmp}/no-such-model"], "cannot load model"),
+        (["--max-steps-per-task", "0"], "expected a positive integer"),
+        (["--targets", "no_such_proj"], "cannot put LoRA modules"),
+    ],
+)
+def test_bad_arguments_give_one_line_and_write_nothing(change, expected, tiny_model, tiny_data, tmp_path, capfd):
+    (tmp_path / "empty-model").mkdir()
+    output = tmp_path / "out"
+    argv = run_args(tiny_model, tiny_data, output)
+    for flag, value in zip(change[::2], change[1::2]):
+        value = value.format(tmp=tmp_path)
+        if flag in argv:
+            argv[argv.index(flag) + 1] = value
+        else:
+            argv += [flag, value]
+    capfd.readouterr()
+    status = cli.main(argv)
+    err = capfd.readouterr().err
+    assert status != 0
+    assert err.count("\n") == 1 and err.startswith("hf-conpet: error:") and expected in err, err
+    assert "Traceback" not in err
+    assert not output.exists()
+
+
+def test_an_existing_run_is_not_overwritten_without_resume(finished_run, tiny_model, tiny_data, capfd):
+    output, _ = finished_run
+    before = {p: p.stat().st_mtime_ns for p in output.rglob("*") if p.is_file()}
+    capfd.readouterr()
+    assert cli.main(run_args(tiny_model, tiny_data, output)) == 2
+    err = capfd.readouterr().err
+    assert err.count("\n") == 1 and "already holds a run" in err and "--resume" in err
+    assert {p: p.stat().st_mtime_ns for p in output.rglob("*") if p.is_file()} == before
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["eval", "{tmp}"], "not a saved hf_conpet system"),
+    (["eval", "{tmp}/missing"], "does not exist"),
+    (["route", "{tmp}"], "the following arguments are required"),
+])
+def test_eval_and_route_errors_are_one_line(argv, expected, tmp_path, capfd):
+    capfd.readouterr()
+    assert cli.main([part.format(tmp=tmp_path) for part in argv]) == 2
+    err = capfd.readouterr().err
+    assert err.count("\n") == 1 and expected in err, err
+
+
+def test_eval_refuses_a_task_the_system_does_not_have(finished_run, capfd):
+    output, _ = finished_run
+    capfd.readouterr()
+    assert cli.main(["eval", str(output), "--tasks", "gamma"]) == 2
+    err = capfd.readouterr().err
+    assert err.count("\n") == 1 and "unknown task 'gamma'" in err, err
+
+
+# ---------------------------------------------------------------------------------- slow
+def _default_model_installed() -> bool:
+    import importlib.util
+
+    from hf_conpet.default_model import DefaultModelUnavailable, find_default_gguf
+
+    try:
+        find_default_gguf()
+    except DefaultModelUnavailable:
+        return False
+    return importlib.util.find_spec("gguf") is not None
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not _default_model_installed(), reason="offline default model not installed (tests/run.sh installs it)")
+def test_quickstart_path_on_the_embedded_model_and_benchmark(one_thread, tmp_path, capsys):
+    """`hf-conpet run` with no --model / --data-dir, on a reduced budget: 2 tasks x 4 steps, 64 training
+    examples per task (the selector featurises each task's examples), 8 test examples."""
+    from huggingface_hub import ModelCard
+
+    from hf_conpet.default_model import DEFAULT_BASE_MODEL, DEFAULT_TASKS
+
+    output = tmp_path / "quickstart"
+    tasks = list(DEFAULT_TASKS[:2])
+    started = time.perf_counter()
+    status = cli.main(["run", "--output", str(output), "--tasks", ",".join(tasks), "--max-steps-per-task", "4",
+                       "--batch-size", "4", "--max-train-examples", "64", "--max-eval-examples", "8"])
+    printed = capsys.readouterr()
+    assert status == 0, printed.err[-2000:]
+    seconds = time.perf_counter() - started
+    print(f"quickstart path, 2 tasks x 4 steps: {seconds:.0f} s")
+
+    metrics = ContinualMetrics.from_dict(json.loads((output / "metrics.json").read_text()))
+    assert metrics.task_names == tasks and metrics.tasks_seen == 2
+    manifest = json.loads((output / "model" / "conpet_config.json").read_text())
+    assert manifest["base_model"]["name_or_path"] == DEFAULT_BASE_MODEL  # not a machine-specific cache path
+    assert ModelCard.load(output / "model" / "README.md").data.base_model == DEFAULT_BASE_MODEL
+
+    assert cli.main(["eval", str(output), "--max-eval-examples", "4"]) == 0
+    assert "selector accuracy:" in capsys.readouterr().out
+    assert cli.main(["route", str(output), "Great pasta, rude waiter."]) == 0
+    assert "answer:" in capsys.readouterr().out
