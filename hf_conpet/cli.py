@@ -68,11 +68,11 @@ DEFAULTS: dict[str, Any] = {
     "data_dir": None,
     "tasks": None,
     "method": "conpet",
-    "max_steps_per_task": 60,
+    "max_steps_per_task": 40,
     "batch_size": 8,
     "learning_rate": 5e-4,
     "max_length": 192,
-    "max_eval_examples": 50,
+    "max_eval_examples": 40,
     "max_train_examples": None,
     "seed": 0,
     "r": 8,
@@ -404,8 +404,6 @@ def _make_progress_callback():
 
 
 def _cli_trainer_class():
-    from transformers import PrinterCallback, Trainer
-
     from .trainer import ContinualTrainer
 
     class CliContinualTrainer(ContinualTrainer):
@@ -415,7 +413,7 @@ def _cli_trainer_class():
             super().__init__(*args, callbacks=[progress], **kwargs)
             self.progress, self.echo, self.announced = progress, echo, False
 
-        def _train(self, dataset, num_batches):
+        def on_task_start(self, num_batches):
             total, task = len(self.stream), self.callback.current_task
             if not self.announced and self.callback.finished:
                 self.echo(f"resuming: {len(self.callback.finished)}/{total} tasks finished earlier "
@@ -427,12 +425,8 @@ def _cli_trainer_class():
                 label = f"[{task.index + 1}/{total}] {task.name}"
             self.echo(f"{label}: training {num_batches or 'all'} steps")
             self.progress.label = label
-            trainer = Trainer(
-                model=self.model, args=self.task_arguments(num_batches), train_dataset=dataset,
-                data_collator=self.callback.data_collator, callbacks=[self.callback, *self.extra_callbacks],
-            )
-            trainer.remove_callback(PrinterCallback)
-            trainer.train()
+
+        def on_task_end(self):
             scores = (self.callback.history[-1] if self.callback.history else {}).get("scores") or {}
             if scores:
                 self.echo("    accuracy: " + "  ".join(f"{name} {100 * value:.1f}" for name, value in scores.items()))

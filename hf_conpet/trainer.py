@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 
-from transformers import Trainer, TrainingArguments
+from transformers import PrinterCallback, Trainer, TrainingArguments
 
 from .callback import ContinualCallback
 from .methods import SHARED_MODULE_NAME, get_method
@@ -85,7 +85,17 @@ class ContinualTrainer:
             model=self.model, args=self.task_arguments(num_batches), train_dataset=dataset,
             data_collator=self.callback.data_collator, callbacks=[self.callback, *self.extra_callbacks],
         )
+        if self.args.disable_tqdm:  # quiet means quiet: no raw log dicts on stdout either
+            trainer.remove_callback(PrinterCallback)
+        self.on_task_start(num_batches)
         trainer.train()
+        self.on_task_end()
+
+    def on_task_start(self, num_batches: int | None) -> None:
+        """Hook for front ends (the CLI announces the task); `self.callback.current_task` is set."""
+
+    def on_task_end(self) -> None:
+        """Hook for front ends; `self.callback.history[-1]` holds the task's scores."""
 
     def fit(self):
         """Train every task not finished yet; returns the run's `ContinualMetrics`."""

@@ -1,5 +1,9 @@
 """Shared pytest fixtures.
 
+Threads: the mechanics tests use tiny models, for which two OpenMP threads on two shared cores
+cost more than they give; the suite runs on one thread, and the slow tests that train the real
+default model ask for every core with the `all_cores` fixture.
+
 Hub fixtures: loopback stand-ins for the Hugging Face Hub (see tests/hub_servers.py), started by
 the fixtures and torn down after. The suite runs with HF_HUB_OFFLINE=1 (tests/run.sh); a test
 that talks to one of these local servers asks for `hub_online`, which lifts offline mode for
@@ -9,10 +13,23 @@ that test only.
 from __future__ import annotations
 
 import importlib.util
+import os
 
 import pytest
 
+import torch
+
 from hub_servers import MiniHub, OlahServer
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def all_cores():
+    """Every core for this module (real-model training), one thread again afterwards."""
+    torch.set_num_threads(os.cpu_count() or 1)
+    yield
+    torch.set_num_threads(1)
 
 
 @pytest.fixture

@@ -1,0 +1,65 @@
+"""Real learning on the offline default model (SmolLM2-135M-Instruct): kept few, marked slow.
+
+One short stream (sst2 -> agnews -> copa from ../shared/data), one small budget, three methods in
+the same run: one LoRA trained on each task in turn (seq_lora) forgets; ConPET's per-task modules
+with a task classifier and SAPT's attentive mixture do not, and both route without task ids.
+"""
+
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, TrainingArguments
+
+from hf_conpet import ConPetConfig, ConPetModelForCausalLM
+from hf_conpet.data import TaskStream
+from hf_conpet.trainer import ContinualTrainer
+
+pytestmark = pytest.mark.slow
+
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "long_sequence"
+TASKS = ["sst2", "agnews", "copa"]
+STEPS, EVAL_EXAMPLES = 24, 24
+
+
+@pytest.fixture(scope="module")
+def base_path():
+    from hf_conpet.default_model import resolve_base_model
+
+    return resolve_base_model(None)
+
+
+@pytest.fixture(scope="module")
+def runs(base_path, tmp_path_factory, all_cores):
+    """Train the stream once per method; every test reads these results."""
+    tokenizer = AutoTokenizer.from_pretrained(base_path)
+    results = {}
+    for method, selector in (("seq_lora", "none"), ("conpet", "conpet"), ("sapt", "sapt")):
+        torch.manual_seed(0)
+        stream = TaskStream.from_dir(DATA, order=TASKS, tokenizer=tokenizer, max_train=300, max_test=EVAL_EXAMPLES)
+        model = ConPetModelForCausalLM(
+            AutoModelForCausalLM.from_pretrained(base_path),
+            ConPetConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"], selector=selector),
+            tokenizer=tokenizer,
+        )
+        args = TrainingArguments(
+            output_dir=str(tmp_path_factory.mktemp(method)), per_device_train_batch_size=8, learning_rate=5e-4,
+            lr_scheduler_type="constant", logging_strategy="no", report_to=[], disable_tqdm=True, use_cpu=True, seed=0,
+        )
+        metrics = ContinualTrainer(model, stream, args, method=method, batches_per_task=STEPS, max_length=128,
+                                   max_eval_examples=EVAL_EXAMPLES, resume=False).fit()
+        results[method] = metrics.summary()
+        print(method, metrics.table())
+    return results
+
+
+def test_conpet_beats_sequential_lora(runs):
+    assert runs["conpet"]["AP"] > runs["seq_lora"]["AP"] + 0.1, runs
+
+
+def test_conpet_selector_routes_far_above_chance(runs):
+    assert runs["conpet"]["selector_accuracy"] >= 0.8, runs  # chance is 1/3
+
+
+def test_sapt_beats_sequential_lora(runs):
+    assert runs["sapt"]["AP"] > runs["seq_lora"]["AP"] + 0.1, runs
