@@ -372,6 +372,11 @@ def test_push_to_a_branch_and_as_a_pull_request(minihub, tmp_path):
 
 def test_only_the_main_process_pushes(minihub, tmp_path, monkeypatch):
     folder = write_layout(tmp_path / "system", ["sst2"], card=False)
+    # a Trainer earlier in the session started accelerate's single-process state, which would
+    # (rightly) take precedence over RANK: simulate a fresh launcher-started rank instead
+    from accelerate.state import PartialState
+
+    monkeypatch.setattr(PartialState, "_shared_state", {})
     monkeypatch.setenv("RANK", "1")
     assert push_folder(folder, "user/ranked", endpoint=minihub.endpoint) is None
     assert minihub.requests == []

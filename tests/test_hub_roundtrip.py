@@ -212,6 +212,11 @@ def test_failed_push_raises_and_commits_nothing(minihub, tmp_path):
 
 def test_only_the_main_process_pushes(minihub, monkeypatch):
     model, _ = build(n_tasks=1)
+    # a Trainer earlier in the session started accelerate's single-process state, which would
+    # (rightly) take precedence over RANK: simulate a fresh launcher-started rank instead
+    from accelerate.state import PartialState
+
+    monkeypatch.setattr(PartialState, "_shared_state", {})
     monkeypatch.setenv("RANK", "1")
     assert model.push_to_hub("user/rt-ranked", endpoint=minihub.endpoint) is None
     assert minihub.requests == []
