@@ -78,7 +78,7 @@ DEFAULTS: dict[str, Any] = {
     "r": 8,
     "lora_alpha": 16.0,
     "targets": ["q_proj", "v_proj"],
-    "new_task_init": "random",
+    "new_task_init": "previous",
 }
 
 #: The selector kind each method's ConPetConfig names (the method itself attaches the rest).

@@ -3,6 +3,9 @@
 One short stream (sst2 -> agnews -> copa from ../shared/data), one small budget, three methods in
 the same run: one LoRA trained on each task in turn (seq_lora) forgets; ConPET's per-task modules
 with a task classifier and SAPT's attentive mixture do not, and both route without task ids.
+Each new task module starts from the previous one (`new_task_init="previous"`): with a budget this
+small, a fresh LoRA has not yet learned the answer format (measured: agnews 3% after 25 steps from
+scratch, 56% when started from the sst2 module).
 """
 
 from pathlib import Path
@@ -19,7 +22,7 @@ pytestmark = pytest.mark.slow
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "long_sequence"
 TASKS = ["sst2", "agnews", "copa"]
-STEPS, EVAL_EXAMPLES = 24, 24
+STEPS, EVAL_EXAMPLES = 20, 20
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +42,8 @@ def runs(base_path, tmp_path_factory, all_cores):
         stream = TaskStream.from_dir(DATA, order=TASKS, tokenizer=tokenizer, max_train=300, max_test=EVAL_EXAMPLES)
         model = ConPetModelForCausalLM(
             AutoModelForCausalLM.from_pretrained(base_path),
-            ConPetConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"], selector=selector),
+            ConPetConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"], selector=selector,
+                         new_task_init="previous"),  # each task module starts from the last one
             tokenizer=tokenizer,
         )
         args = TrainingArguments(
