@@ -82,7 +82,7 @@ def evaluate_task(
         route_kwargs, chosen = _routing_arguments(model, routing, batch)
         if chosen is not None:
             routed_right += int((chosen == batch["task_ids"].cpu()).sum())
-        task_ids = batch.pop("task_ids")
+        batch.pop("task_ids")  # routing was decided above; the base model takes no task ids
         if model.task_type == "sequence_classification":
             labels = batch.pop("labels")
             batch.pop("label_ids", None)
@@ -101,7 +101,6 @@ def evaluate_task(
         texts = [text.strip().split("\n")[0] for text in tokenizer.batch_decode(output, skip_special_tokens=True)]
         predictions += texts
         correct += sum(normalize_answer(p) == normalize_answer(r) for p, r in zip(texts, references))
-        del task_ids
     model.train(was_training)
     total = len(dataset)
     return TaskScore(
