@@ -2,12 +2,17 @@
 
     python benchmarks/continual_accuracy.py --data-dir ../shared/data/long_sequence \\
         --tasks yelp,amazon,mnli,cb,copa,rte,sst2,boolq,wic,agnews \\
-        --methods oracle,conpet,sapt,sapt_no_arm,replay,seq_lora,multitask --steps-per-task 60
+        --methods oracle,conpet,sapt,sapt_no_arm,replay,seq_lora,multitask
 
 Any directory in the long_sequence layout works (<task>/{train,test}.jsonl + meta.json). The
-oracle run (one fresh LoRA per task, true task id) goes first when listed: its diagonal is the
-single-task score FWT is measured against. Every figure printed comes from this one run, with
-the budget printed beside it; `AP / multitask` needs `multitask` among the methods.
+oracle run goes first when listed: one *fresh* LoRA per task (whatever --new-task-init says),
+routed by the true task id, so its diagonal is the single-task score FWT is measured against.
+Every figure printed comes from this one run, with the budget printed beside it;
+`AP / multitask` needs `multitask` among the methods. results.json is rewritten after every
+method, so an interrupted run keeps what it finished.
+
+Default budget (25 steps x batch 8 per task, max_length 128, first 30 test examples per task):
+one method's 10-task run takes 10-16 minutes on 2 CPU cores.
 """
 
 from __future__ import annotations
@@ -33,17 +38,20 @@ def parse_args():
     parser.add_argument("--tasks", default=",".join(DEFAULT_TASKS))
     parser.add_argument("--methods", default="oracle,conpet,sapt,replay,seq_lora,multitask")
     parser.add_argument("--model", default=None, help="Hub id or path; default: the offline SmolLM2-135M-Instruct")
-    parser.add_argument("--steps-per-task", type=int, default=60)
+    parser.add_argument("--steps-per-task", type=int, default=25)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--learning-rate", type=float, default=5e-4)
-    parser.add_argument("--max-length", type=int, default=192)
+    parser.add_argument("--max-length", type=int, default=128)
     parser.add_argument("--max-train", type=int, default=None, help="training examples per task (default: all)")
-    parser.add_argument("--max-eval-examples", type=int, default=50)
+    parser.add_argument("--max-eval-examples", type=int, default=30)
     parser.add_argument("--r", type=int, default=8)
     parser.add_argument("--lora-alpha", type=float, default=16)
     parser.add_argument("--targets", default="q_proj,v_proj")
-    parser.add_argument("--new-task-init", default="random", choices=["random", "previous"])
+    parser.add_argument("--new-task-init", default="previous", choices=["random", "previous"],
+                        help="how a new task module starts (the oracle always starts fresh)")
     parser.add_argument("--selector-feature", default="hidden", choices=["hidden", "embeddings"])
+    parser.add_argument("--selector-learning-rate", type=float, default=None, help="SAPT's query/key rate")
+    parser.add_argument("--arm-lambda", type=float, default=None, help="SAPT's reflection weight")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output", default="runs/continual_accuracy")
     return parser.parse_args()
@@ -53,11 +61,16 @@ def run_method(method, args, tokenizer, base_path, single_task_scores):
     torch.manual_seed(args.seed)
     stream = TaskStream.from_dir(args.data_dir, order=args.tasks.split(","), tokenizer=tokenizer,
                                  max_train=args.max_train, seed=args.seed)
+    selector_options = {}
+    if method == "conpet":
+        selector_options = {"feature_source": args.selector_feature}
+    elif method == "sapt" and args.arm_lambda is not None:
+        selector_options = {"arm_lambda": args.arm_lambda}
     config = ConPetConfig(
         r=args.r, lora_alpha=args.lora_alpha, target_modules=args.targets.split(","),
-        new_task_init=args.new_task_init,
+        new_task_init="random" if method == "oracle" else args.new_task_init,
         selector={"conpet": "conpet", "sapt": "sapt", "sapt_no_arm": "sapt"}.get(method, "none"),
-        selector_options={"feature_source": args.selector_feature} if method == "conpet" else {},
+        selector_options=selector_options, selector_learning_rate=args.selector_learning_rate,
     )
     base = AutoModelForCausalLM.from_pretrained(base_path)
     model = ConPetModelForCausalLM(base, config, tokenizer=tokenizer)
@@ -84,6 +97,13 @@ def main():
     if "oracle" in methods:
         methods.remove("oracle")
         methods.insert(0, "oracle")
+    budget = (f"{len(args.tasks.split(','))} tasks ({args.tasks}), {args.steps_per_task} steps/task x batch "
+              f"{args.batch_size}, lr {args.learning_rate}, LoRA r={args.r} alpha={args.lora_alpha} on {args.targets}, "
+              f"new task modules start {args.new_task_init} (oracle: fresh), max_length {args.max_length}, "
+              f"first {args.max_eval_examples} test examples/task, ConPET selector features {args.selector_feature}, "
+              f"SAPT selector lr {args.selector_learning_rate or 'same'}, torch threads {torch.get_num_threads()}")
+    output = Path(args.output)
+    output.mkdir(parents=True, exist_ok=True)
     results, single_task_scores = {}, None
     for method in methods:
         metrics, seconds = run_method(method, args, tokenizer, base_path, single_task_scores)
@@ -91,11 +111,8 @@ def main():
             single_task_scores = {name: metrics.matrix[i][i] for i, name in enumerate(metrics.task_names)}
         results[method] = {"summary": metrics.summary(), "seconds": seconds, "metrics": metrics.to_dict()}
         print(f"\n=== {method} ({seconds / 60:.1f} min) ===\n{metrics.table()}", flush=True)
+        (output / "results.json").write_text(json.dumps({"budget": budget, "results": results}, indent=2))
 
-    budget = (f"{len(args.tasks.split(','))} tasks ({args.tasks}), {args.steps_per_task} steps/task x batch "
-              f"{args.batch_size}, lr {args.learning_rate}, LoRA r={args.r} alpha={args.lora_alpha} on {args.targets}, "
-              f"max_length {args.max_length}, first {args.max_eval_examples} test examples/task, "
-              f"torch threads {torch.get_num_threads()}")
     print(f"\nbudget: {budget}")
     multitask_ap = results.get("multitask", {}).get("summary", {}).get("AP")
     header = f"{'method':<12} {'AP':>6} {'F.Ra':>6} {'BWT':>7} {'FWT':>7} {'select':>7} {'AP/mt':>6} {'min':>5}"
@@ -111,8 +128,6 @@ def main():
         ratio = f"{s['AP'] / multitask_ap:>6.3f}" if multitask_ap else f"{'-':>6}"
         print(f"{method:<12} {fmt(s['AP'], 6)} {fmt(s['F.Ra'], 6)} {fmt(s['BWT'], 7, True)} {fmt(s['FWT'], 7, True)} "
               f"{fmt(s['selector_accuracy'], 7)} {ratio} {result['seconds'] / 60:>5.1f}")
-    Path(args.output).mkdir(parents=True, exist_ok=True)
-    (Path(args.output) / "results.json").write_text(json.dumps({"budget": budget, "results": results}, indent=2))
 
 
 if __name__ == "__main__":

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import datasets
-import numpy as np
 import torch
 from torch.utils.data import DataLoader
 from transformers import TrainerCallback
@@ -32,34 +31,19 @@ logger = logging.getLogger(__name__)
 
 CHECKPOINT_DIR = "checkpoint"
 PROGRESS_FILE = "progress.json"
-REFLECTION_FRACTION = 0.02  # SAPT: pseudo-samples are 2% of each old task's training size
 COLLATOR_KIND = {"causal_lm": "causal_lm", "seq2seq_lm": "seq2seq", "sequence_classification": "classification"}
 
 
 class ContinualTrainingCollator:
-    """Collates a training batch the way the method needs it.
+    """Collates a training batch the way the method needs it: with `shared_module`, every row
+    trains the one shared module (index 0), whatever its task."""
 
-    - `mask_reflection`: rows marked `reflect_only` (stored inputs of old tasks, SAPT's
-      pseudo-samples) keep their task id for the selector's reflection loss but lose their LM
-      loss: the new task's module must not learn to answer old tasks.
-    - `shared_module`: every row trains the one shared module (index 0), whatever its task.
-    """
-
-    def __init__(self, inner, mask_reflection: bool = False, shared_module: bool = False):
+    def __init__(self, inner, shared_module: bool = False):
         self.inner = inner
-        self.mask_reflection = mask_reflection
         self.shared_module = shared_module
 
     def __call__(self, examples):
         batch = self.inner(examples)
-        if self.mask_reflection and "labels" in batch:
-            reflect = torch.tensor([bool(e.get("reflect_only", False)) for e in examples])
-            if reflect.any():
-                # hide the answer of reflection rows from everyone: no LM loss, not attended, and
-                # so not part of the prompt mask the selector reads
-                answer = (batch["labels"] != -100) & reflect[:, None]
-                batch["attention_mask"] = batch["attention_mask"].masked_fill(answer, 0)
-                batch["labels"] = batch["labels"].masked_fill(reflect[:, None], -100)
         if self.shared_module:
             batch["task_ids"] = torch.zeros_like(batch["task_ids"])
         return batch
@@ -119,9 +103,7 @@ class ContinualCallback(TrainerCallback):
     def data_collator(self):
         options = {"label_space": "global"} if self.kind == "classification" else {}
         inner = self.stream.collator(self.kind, "train", max_length=self.max_length, tokenizer=self.tokenizer, **options)
-        return ContinualTrainingCollator(
-            inner, mask_reflection=self.method.train_data == "reflection", shared_module=not self.method.module_per_task
-        )
+        return ContinualTrainingCollator(inner, shared_module=not self.method.module_per_task)
 
     def train_dataset(self, task) -> datasets.Dataset:
         """The rows the Trainer should see for `task` (and mark it as the task in progress)."""
@@ -133,17 +115,6 @@ class ContinualCallback(TrainerCallback):
                 rows, self.memory if len(self.memory.tasks) else None, batch_size=self.batch_size,
                 batches_per_task=batches, ratio=self.replay_ratio, seed=self.seed + task.index, new_task_index=task.index,
             )
-        if self.method.train_data == "reflection" and self.memory.tasks:
-            rng = np.random.default_rng(self.seed + task.index)
-            pseudo = []
-            for old in self.memory.tasks:
-                stored = self.memory.examples(old)
-                count = max(1, math.ceil(REFLECTION_FRACTION * len(stored)))
-                pseudo.append(stored.select(rng.choice(len(stored), size=min(count, len(stored)), replace=False)))
-            new = rows.add_column("reflect_only", [False] * len(rows))
-            old = datasets.concatenate_datasets(pseudo)
-            old = old.add_column("reflect_only", [True] * len(old))
-            return datasets.concatenate_datasets([new, old.cast(new.features)]).shuffle(seed=self.seed + task.index)
         return rows
 
     def train_dataset_all(self) -> datasets.Dataset:

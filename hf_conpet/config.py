@@ -85,6 +85,14 @@ class ConPetConfig:
         default="none", metadata={"help": "Extra loss on a shared module: none, ewc, lwf, olora."}
     )
     regularizer_weight: float = field(default=0.5, metadata={"help": "Weight of that loss."})
+    selector_learning_rate: float | None = field(
+        default=None,
+        metadata={
+            "help": "Learning rate of a selector that trains jointly with the task module (SAPT's "
+            "query network and key); None: the Trainer's. Attention that must separate tasks "
+            "within a few dozen steps needs a larger one than the LoRA weights."
+        },
+    )
     selector_options: dict[str, Any] = field(
         default_factory=dict,
         metadata={"help": "Selector-specific settings (hidden size, temperature, ARM lambda, ...)."},
@@ -113,6 +121,10 @@ class ConPetConfig:
             problems.append(f"replay_ratio must be > 0, got {self.replay_ratio!r}")
         if self.batches_per_task is not None and self.batches_per_task < 1:
             problems.append(f"batches_per_task must be >= 1 or None, got {self.batches_per_task!r}")
+        if self.selector_learning_rate is not None and not (
+            isinstance(self.selector_learning_rate, (int, float)) and self.selector_learning_rate > 0
+        ):
+            problems.append(f"selector_learning_rate must be > 0 or None, got {self.selector_learning_rate!r}")
         if self.regularizer not in REGULARIZERS:
             problems.append(f"regularizer must be one of {REGULARIZERS}, got {self.regularizer!r}")
         if problems:

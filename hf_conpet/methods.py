@@ -23,8 +23,7 @@ class Method:
     selector_options: tuple = ()
     train_data: str = "task"
     """'task': the new task's rows; 'replay': ConPET dynamic-replay batches (new + stored old rows);
-    'reflection': the new task's rows plus a 2% sample of each old task, scored only by the
-    selector's reflection loss (SAPT's pseudo-samples); 'all': every task at once (multitask)."""
+    'all': every task at once (multitask). (SAPT's pseudo-samples live in its selector.)"""
     regularizer: str | None = None
     description: str = ""
 
@@ -34,7 +33,7 @@ METHODS: dict[str, Method] = {
     for m in (
         Method("conpet", True, "selector", selector="conpet",
                description="Dynamic ConPET: one LoRA per task + a task classifier selector (top-k)"),
-        Method("sapt", True, "selector", selector="sapt", train_data="reflection",
+        Method("sapt", True, "selector", selector="sapt",
                description="SAPT: one LoRA per task mixed by shared attention, with attentive reflection"),
         Method("sapt_no_arm", True, "selector", selector="sapt", selector_options=(("use_arm", False),),
                description="SAPT without attentive reflection (ablation)"),

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 
+import torch
 from transformers import PrinterCallback, Trainer, TrainingArguments
 
 from .callback import ContinualCallback
@@ -36,6 +37,23 @@ def attach_method(model, method_name: str, selector_options: dict | None = None)
         model.selector = SELECTOR_CLASSES[method.selector].for_model(model, **options)
     if method.regularizer == "olora":
         model.regularizer = OLoRARegularizer(lambda1=model.conpet_config.regularizer_weight)
+
+
+def build_optimizer(model, args: TrainingArguments) -> torch.optim.Optimizer | None:
+    """AdamW with the selector's own learning rate (`ConPetConfig.selector_learning_rate`), for
+    `Trainer(..., optimizers=(build_optimizer(model, args), None))`; None when the Trainer's
+    default optimizer already does (no such rate, or no selector parameter trains)."""
+    rate = model.conpet_config.selector_learning_rate
+    trainable = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+    selector = [p for name, p in trainable if name.startswith("selector.")]
+    if rate is None or not selector:
+        return None
+    modules = [p for name, p in trainable if not name.startswith("selector.")]
+    groups = [{"params": modules, "lr": args.learning_rate}, {"params": selector, "lr": rate}]
+    return torch.optim.AdamW(
+        [g for g in groups if g["params"]], lr=args.learning_rate, weight_decay=args.weight_decay,
+        betas=(args.adam_beta1, args.adam_beta2), eps=args.adam_epsilon,
+    )
 
 
 class ContinualTrainer:
@@ -81,9 +99,10 @@ class ContinualTrainer:
         return dataclasses.replace(self.args, **changes)
 
     def _train(self, dataset, num_batches: int | None) -> None:
+        args = self.task_arguments(num_batches)
         trainer = Trainer(
-            model=self.model, args=self.task_arguments(num_batches), train_dataset=dataset,
-            data_collator=self.callback.data_collator, callbacks=[self.callback, *self.extra_callbacks],
+            model=self.model, args=args, train_dataset=dataset, data_collator=self.callback.data_collator,
+            callbacks=[self.callback, *self.extra_callbacks], optimizers=(build_optimizer(self.model, args), None),
         )
         if self.args.disable_tqdm:  # quiet means quiet: no raw log dicts on stdout either
             trainer.remove_callback(PrinterCallback)

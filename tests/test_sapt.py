@@ -22,13 +22,23 @@ def make_model(kind="llama", **options):
     return model, reference
 
 
+class Rows(dict):
+    """Prompt tensors with the two `datasets.Dataset` calls a selector makes on training rows."""
+
+    def __len__(self):
+        return self["input_ids"].shape[0]
+
+    def select(self, indices):
+        return Rows({k: v[indices] for k, v in self.items()})
+
+
 def prompts(batch=4, length=6, seed=0, lengths=None):
     """Right-padded prompts (pad id 0) of the given lengths."""
     generator = torch.Generator().manual_seed(seed)
     ids = torch.randint(3, VOCAB, (batch, length), generator=generator)
     lengths = lengths or [length] * batch
     mask = torch.arange(length)[None, :] < torch.tensor(lengths)[:, None]
-    return {"input_ids": ids.masked_fill(~mask, 0), "attention_mask": mask.long()}
+    return Rows(input_ids=ids.masked_fill(~mask, 0), attention_mask=mask.long())
 
 
 def with_answer(prompt, answer_length=2, seed=0):
@@ -42,7 +52,7 @@ def with_answer(prompt, answer_length=2, seed=0):
     }
 
 
-def context(index, validation, batch_size=2):
+def context(index, validation, batch_size=2, train=None):
     """A TaskEndContext whose `encode` yields prompt-only batches, as the callback's does."""
 
     def encode(rows):
@@ -50,12 +60,14 @@ def context(index, validation, batch_size=2):
             piece = {k: v[start : start + batch_size] for k, v in rows.items()}
             yield {**piece, "task_ids": torch.full((piece["input_ids"].shape[0],), index)}
 
-    return TaskEndContext(task_index=index, train=None, validation=validation, memory=None, encode=encode,
-                          batch_size=batch_size, steps=0, replay_ratio=1.0, seed=0)
+    if train is None:  # 60 training prompts: 2% -> 2 pseudo-samples
+        train = prompts(batch=60, seed=100 + index, lengths=[6, 4, 5] * 20)
+    return TaskEndContext(task_index=index, train=train, validation=validation, memory=None, encode=encode,
+                          batch_size=batch_size, steps=0, replay_ratio=1.0, seed=index)
 
 
 def finish(model, index, seed=10):
-    """Give the live task random LoRA weights, freeze it, record its ARM target."""
+    """Give the live task random LoRA weights, freeze it, record its ARM target and pseudo-samples."""
     randomize_live_task(model)
     model.freeze_tasks()
     return model.selector.end_task(model, context(index, prompts(batch=5, seed=seed, lengths=[6, 3, 5, 2, 6])))
@@ -212,6 +224,63 @@ def test_no_arm_term_for_new_task_examples_first_task_or_ablation():
     assert ablation.selector.reflection_loss(logits, torch.tensor([0, 0, 1, 1])) is None
 
 
+def test_pseudo_samples_are_two_percent_of_train_stored_as_pooled_embeddings():
+    model, _ = make_model()
+    model.add_task("task0")
+    randomize_live_task(model)
+    model.freeze_tasks()
+    train = prompts(batch=120, seed=7, lengths=[6, 2, 5, 4] * 30)
+    figures = model.selector.end_task(model, context(0, prompts(batch=3), train=train))
+    selector = model.selector
+    assert figures["pseudo_samples"] == 3  # ceil(2% of 120)
+    assert selector.reflection_tasks.tolist() == [0, 0, 0]
+    # each stored vector is the max-pooled prompt embedding of one training row
+    every_row = selector.pooled_embeddings(model, train["input_ids"], train["attention_mask"])
+    for vector in selector.reflection_inputs:
+        assert any(torch.equal(vector, row) for row in every_row)
+    model.add_task("task1")
+    randomize_live_task(model)
+    model.freeze_tasks()
+    tiny = prompts(batch=5, seed=8)
+    assert model.selector.end_task(model, context(1, prompts(batch=3), train=tiny))["pseudo_samples"] == 1  # at least one
+    assert selector.reflection_tasks.tolist() == [0, 0, 0, 1]
+    ablation, _ = make_model(use_arm=False)
+    ablation.add_task("task0")
+    assert ablation.selector.end_task(ablation, context(0, prompts(batch=3), train=train))["pseudo_samples"] == 0
+
+
+def test_reflection_acts_every_training_step_on_the_bank_alone():
+    """A batch of new-task rows only still pays the ARM term; it is the hand formula on the bank."""
+    model, _ = make_model()
+    for index in range(2):
+        model.add_task(f"task{index}")
+        finish(model, index)
+    model.add_task("task2")
+    model.set_trainable(task=True, selector=True)
+    selector = model.selector
+    batch = prompts(batch=4, seed=5)
+    _, loss = selector.training_plan(model, batch["input_ids"], batch["attention_mask"], torch.full((4,), 2))
+    assert loss is not None
+    loss.backward()
+    with_grad = {name for name, p in model.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
+    assert with_grad == {"selector.live_key"} | {f"selector.query.{n}" for n, _ in selector.query.named_parameters()}
+    with torch.no_grad():
+        log_q = (selector.query(selector.reflection_inputs) @ selector.keys.T / selector.hidden_size ** 0.5).log_softmax(-1)
+        per_task = []
+        for task in (0, 1):
+            rows = (selector.reflection_tasks == task).nonzero().flatten()
+            target = selector.arm_targets[task]
+            kl = [sum(p * (p.log() - log_q[r, j]) for j, p in enumerate(target) if p > 0) for r in rows]
+            per_task.append(torch.stack(kl).mean())
+    assert torch.allclose(loss.detach(), selector.arm_lambda * torch.stack(per_task).mean(), atol=1e-6)
+    ablation, _ = make_model(use_arm=False)
+    for index in range(2):
+        ablation.add_task(f"task{index}")
+        finish(ablation, index)
+    ablation.add_task("task2")
+    assert ablation.selector.training_plan(ablation, batch["input_ids"], batch["attention_mask"], None)[1] is None
+
+
 @pytest.mark.parametrize("kind", ["llama", "t5"])
 def test_training_plan_equals_inference_plan(kind):
     model, _ = make_model(kind)
@@ -252,9 +321,10 @@ def test_save_load_round_trip_routes_identically(kind, tmp_path):
     assert sorted(p.name for p in selector_dir.iterdir()) == ["config.json", "model.safetensors"]
     config = json.loads((selector_dir / "config.json").read_text())
     assert config == {"kind": "sapt", "hidden_size": 32, "hidden": 8, "arm_lambda": 0.5, "use_arm": True,
-                      "num_tasks": 3, "live_task": True}
+                      "num_tasks": 3, "live_task": True, "num_pseudo_samples": 4}
     state = load_file(selector_dir / "model.safetensors")
     assert state["frozen_keys"].shape == (2, 32) and state["arm_targets"].shape == (3, 3)
+    assert state["reflection_inputs"].shape == (4, 32) and state["reflection_tasks"].tolist() == [0, 0, 1, 1]
     assert state["arm_recorded"].tolist() == [True, True, False]
     loaded = type(model).from_pretrained(tmp_path / "system", base_model=copy.deepcopy(reference)).eval()
     assert isinstance(loaded.selector, SaptSelector) and loaded.selector.get_config() == model.selector.get_config()

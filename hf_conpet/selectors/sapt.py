@@ -7,17 +7,20 @@ LM loss of the new task flows through those weights, what the new LoRA learns an
 routed to it are learned together.
 
 Attentive Reflection (ARM): after task i, the mean attention over task i's validation inputs is
-recorded; while later tasks are learned, stored inputs of task i are pulled back towards it with
-`arm_lambda * KL(target_i || weights(x))`, so that the shared query network does not forget how it
-used to route old tasks.
+recorded; while later tasks are learned, pseudo-samples of task i are pulled back towards it with
+`arm_lambda * KL(target_i || weights(x))` at *every* training step (as the official code does), so
+that the shared query network does not forget how it used to route old tasks.
 
 Frozen/live split (as in `TaskStackedLoraLinear`): keys of finished tasks live in a buffer
 (`frozen_keys`), the task being learned owns the only key `nn.Parameter` (`live_key`). No
 optimizer can see old keys, so nothing, not even weight decay, moves them.
 
 Pseudo-samples: the paper generates them with a small generator LoRA per task; here they are real
-stored inputs of old tasks (about 2% of each task's training set), which the trainer mixes into the
-training batches with their task ids. The KL term only reads their prompts.
+inputs of old tasks, 2% of each task's training set, drawn when the task ends. The query reads
+nothing but frozen token embeddings, so a pseudo-sample is stored as its max-pooled embedding
+(`reflection_inputs`, [N, d]): reflecting on every one of them costs one small MLP per step and
+no backbone forward. (An earlier version mixed the pseudo-samples into the training batches; at
+25 steps per task a pseudo-sample was then seen about once, and the attention forgot.)
 """
 
 from __future__ import annotations
@@ -36,8 +39,11 @@ if TYPE_CHECKING:
 
 DEFAULT_ARM_LAMBDA = 0.5
 """Paper range 0.1-2; official scripts: 0.1 (T5-large, lr 3e-4), 2 (LLaMA, lr 5e-5). They add one
-KL per old task (so the pull grows with the number of tasks); here the KL is averaged over the
-batch's old-task examples, so 0.5 sits in the middle of the range without growing with T."""
+KL per old task (so the pull grows with the number of tasks); here the KL is averaged over old
+tasks (each task's KL averaged over its pseudo-samples), so the pull does not grow with T."""
+
+PSEUDO_SAMPLE_FRACTION = 0.02
+"""SAPT: pseudo-samples of a task are 2% of its training set (at least one)."""
 
 
 class SaptSelector(TaskSelector):
@@ -59,6 +65,7 @@ class SaptSelector(TaskSelector):
         use_arm: bool = True,
         num_tasks: int = 0,
         live_task: bool = False,
+        num_pseudo_samples: int = 0,
     ):
         super().__init__()
         problems = []
@@ -70,6 +77,8 @@ class SaptSelector(TaskSelector):
             problems.append(f"arm_lambda must be a number >= 0, got {arm_lambda!r}")
         if not isinstance(num_tasks, int) or num_tasks < 0:
             problems.append(f"num_tasks must be an integer >= 0, got {num_tasks!r}")
+        if not isinstance(num_pseudo_samples, int) or num_pseudo_samples < 0:
+            problems.append(f"num_pseudo_samples must be an integer >= 0, got {num_pseudo_samples!r}")
         if live_task and num_tasks < 1:
             problems.append("live_task=True needs num_tasks >= 1")
         if problems:
@@ -91,6 +100,9 @@ class SaptSelector(TaskSelector):
         # for keys added after it; `arm_recorded[i]` says whether row i has been recorded.
         self.register_buffer("arm_targets", torch.zeros(num_tasks, num_tasks))
         self.register_buffer("arm_recorded", torch.zeros(num_tasks, dtype=torch.bool))
+        # ARM pseudo-samples: max-pooled prompt embeddings of finished tasks, and their task.
+        self.register_buffer("reflection_inputs", torch.zeros(num_pseudo_samples, d))
+        self.register_buffer("reflection_tasks", torch.zeros(num_pseudo_samples, dtype=torch.long))
 
     # ----- tasks ------------------------------------------------------------------------------
     @property
@@ -160,16 +172,26 @@ class SaptSelector(TaskSelector):
         return RoutingPlan(weights=self.task_probabilities(model, input_ids, prompt_mask))
 
     def training_plan(self, model, input_ids, prompt_mask, task_ids) -> tuple[RoutingPlan, torch.Tensor | None]:
-        """The same soft weights as inference, with gradient, plus the ARM loss for old-task examples."""
+        """The same soft weights as inference, with gradient, plus the ARM loss on the pseudo-samples."""
         logits = self.attention_logits(model, input_ids, prompt_mask)
-        return RoutingPlan(weights=logits.softmax(dim=-1)), self.reflection_loss(logits, task_ids)
+        return RoutingPlan(weights=logits.softmax(dim=-1)), self.reflection_term()
 
     # ----- attentive reflection ---------------------------------------------------------------
-    def reflection_loss(self, logits: torch.Tensor, task_ids: torch.Tensor | None) -> torch.Tensor | None:
-        """`arm_lambda * mean_i KL(target_{task_i} || softmax(logits_i))` over examples of recorded
-        (finished) tasks; None when there are none, no task ids, or ARM is off.
+    def reflection_term(self) -> torch.Tensor | None:
+        """The ARM loss of one training step: every stored pseudo-sample against its task's target.
 
-        The new task's own examples have no recorded target yet, so they never enter this term.
+        Gradient reaches the query network and the live key only (old keys are buffers)."""
+        if not self.use_arm or self.arm_lambda == 0 or self.reflection_tasks.numel() == 0:
+            return None
+        query = self.query(self.reflection_inputs)
+        return self.reflection_loss(query @ self.keys.T / math.sqrt(self.hidden_size), self.reflection_tasks)
+
+    def reflection_loss(self, logits: torch.Tensor, task_ids: torch.Tensor | None) -> torch.Tensor | None:
+        """`arm_lambda * mean over tasks i of mean_x KL(target_i || softmax(logits_x))` over rows of
+        recorded (finished) tasks; None when there are none, no task ids, or ARM is off.
+
+        Rows of a task without a recorded target (the task being learned) never enter this term.
+        Averaging per task first keeps a task with many rows from outweighing the others.
         """
         if not self.use_arm or self.arm_lambda == 0 or task_ids is None:
             return None
@@ -187,11 +209,16 @@ class SaptSelector(TaskSelector):
         target = self.arm_targets[task_ids[reflect]]  # [n, T], zero-padded for newer keys
         log_weights = logits[reflect].float().log_softmax(dim=-1)
         kl = (torch.xlogy(target, target) - target * log_weights).sum(dim=-1)  # 0 log 0 = 0
-        return self.arm_lambda * kl.mean()
+        tasks = task_ids[reflect]
+        per_task = torch.zeros(self.num_tasks, device=kl.device, dtype=kl.dtype).index_add(0, tasks, kl)
+        counts = torch.bincount(tasks, minlength=self.num_tasks)
+        present = counts > 0
+        return self.arm_lambda * (per_task[present] / counts[present]).mean()
 
     @torch.no_grad()
     def end_task(self, model: "ConPetModel", context: TaskEndContext) -> dict[str, Any]:
-        """Record the finished task's mean attention over its validation prompts; freeze its key."""
+        """Record the finished task's mean attention over its validation prompts, store its
+        pseudo-samples (2% of its training prompts, seeded), freeze its key."""
         index = context.task_index
         if not 0 <= index < self.num_tasks:
             raise ValueError(f"end_task for task {index}, but the selector has {self.num_tasks} tasks")
@@ -212,18 +239,39 @@ class SaptSelector(TaskSelector):
         self.arm_targets[index] = 0.0
         self.arm_targets[index, : target.shape[0]] = target
         self.arm_recorded[index] = True
-        return {"arm_recorded": True, "arm_target": target.tolist(), "validation_selector_accuracy": hits / count}
+        stored = self.store_pseudo_samples(model, context) if self.use_arm else 0
+        return {"arm_recorded": True, "arm_target": target.tolist(), "validation_selector_accuracy": hits / count,
+                "pseudo_samples": stored}
+
+    def store_pseudo_samples(self, model: "ConPetModel", context: TaskEndContext) -> int:
+        """Append 2% (at least one) of the finished task's training prompts to the reflection bank."""
+        rows = context.train
+        if rows is None or len(rows) == 0:
+            raise ValueError(f"Task {context.task_index} has no training rows to draw ARM pseudo-samples from")
+        count = min(len(rows), max(1, math.ceil(PSEUDO_SAMPLE_FRACTION * len(rows))))
+        picked = torch.randperm(len(rows), generator=torch.Generator().manual_seed(context.seed))[:count].sort().values
+        picked_rows = rows.select(picked.tolist())
+        device = self.frozen_keys.device
+        pooled = [
+            self.pooled_embeddings(model, batch["input_ids"].to(device), batch["attention_mask"].to(device))
+            for batch in context.encode(picked_rows)
+        ]
+        pooled = torch.cat(pooled)
+        self.reflection_inputs = torch.cat([self.reflection_inputs, pooled.to(self.reflection_inputs.dtype)])
+        self.reflection_tasks = torch.cat([self.reflection_tasks, torch.full((pooled.shape[0],), context.task_index, device=device)])
+        return pooled.shape[0]
 
     # ----- (de)serialisation -------------------------------------------------------------------
     def get_config(self) -> dict[str, Any]:
         return {
             "hidden_size": self.hidden_size, "hidden": self.hidden, "arm_lambda": self.arm_lambda,
             "use_arm": self.use_arm, "num_tasks": self.num_tasks, "live_task": self.live_key is not None,
+            "num_pseudo_samples": int(self.reflection_tasks.numel()),
         }
 
     @classmethod
     def from_config(cls, config: dict[str, Any], model: "ConPetModel | None" = None) -> "SaptSelector":
-        known = {"hidden_size", "hidden", "arm_lambda", "use_arm", "num_tasks", "live_task"}
+        known = {"hidden_size", "hidden", "arm_lambda", "use_arm", "num_tasks", "live_task", "num_pseudo_samples"}
         unknown = sorted(set(config) - known)
         if unknown:
             raise ValueError(f"Unknown SaptSelector config keys: {unknown}; known keys are {sorted(known)}")
