@@ -12,8 +12,10 @@ Every figure printed comes from this one run, with the budget printed beside it;
 method, so an interrupted run keeps what it finished.
 
 Default budget (25 steps x batch 8 per task, max_length 128, first 30 test examples per task):
-one method's 10-task run of ../shared/data took 26 minutes on 2 CPU cores (oracle; evaluating
-every seen task after every task is a large part of it), inside the 30-minute goal.
+on the 10 tasks of ../shared/data, 2 CPU cores: oracle 26.2 min, multitask 23.7 min, conpet 33.1 min
+with the faithful selector (one extra backbone forward per routed prompt; `--selector-feature
+embeddings` routes as accurately, see selector_accuracy.py, without it). Evaluating every seen
+task after every task is a large part of each run.
 """
 
 from __future__ import annotations
