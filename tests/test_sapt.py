@@ -178,20 +178,34 @@ def test_arm_target_is_the_mean_attention_over_validation():
     assert selector.arm_recorded.tolist() == [True, True, False]
 
 
-def test_arm_gradient_reaches_only_query_network_and_current_key():
-    model, _ = make_model()
+def learning_third_task(**options):
+    """Two finished tasks (targets and pseudo-samples recorded), the third one being learned."""
+    model, _ = make_model(**options)
     for index in range(2):
         model.add_task(f"task{index}")
         finish(model, index)
     model.add_task("task2")
     model.set_trainable(task=True, selector=True)
+    return model
+
+
+def parameters_with_gradient(model):
+    return {name for name, p in model.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
+
+
+QUERY_AND_LIVE_KEY = {"selector.live_key"} | {
+    f"selector.query.{name}" for name in ("0.weight", "0.bias", "1.weight", "1.bias", "3.weight", "3.bias")
+}
+
+
+def test_arm_gradient_reaches_only_query_network_and_current_key():
+    model = learning_third_task()
     selector = model.selector
     batch = prompts(batch=4, seed=5)
     logits = selector.attention_logits(model, batch["input_ids"], batch["attention_mask"])
     loss = selector.reflection_loss(logits, torch.tensor([0, 1, 2, 2]))
     loss.backward()
-    with_grad = {name for name, p in model.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
-    assert with_grad == {"selector.live_key"} | {f"selector.query.{n}" for n, _ in selector.query.named_parameters()}
+    assert parameters_with_gradient(model) == QUERY_AND_LIVE_KEY
     assert not selector.frozen_keys.requires_grad
     # the hand formula: lambda * mean over old-task rows of KL(target || softmax(logits))
     log_q = logits.detach()[:2].log_softmax(-1)
@@ -251,19 +265,13 @@ def test_pseudo_samples_are_two_percent_of_train_stored_as_pooled_embeddings():
 
 def test_reflection_acts_every_training_step_on_the_bank_alone():
     """A batch of new-task rows only still pays the ARM term; it is the hand formula on the bank."""
-    model, _ = make_model()
-    for index in range(2):
-        model.add_task(f"task{index}")
-        finish(model, index)
-    model.add_task("task2")
-    model.set_trainable(task=True, selector=True)
+    model = learning_third_task()
     selector = model.selector
     batch = prompts(batch=4, seed=5)
     _, loss = selector.training_plan(model, batch["input_ids"], batch["attention_mask"], torch.full((4,), 2))
     assert loss is not None
     loss.backward()
-    with_grad = {name for name, p in model.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
-    assert with_grad == {"selector.live_key"} | {f"selector.query.{n}" for n, _ in selector.query.named_parameters()}
+    assert parameters_with_gradient(model) == QUERY_AND_LIVE_KEY
     with torch.no_grad():
         log_q = (selector.query(selector.reflection_inputs) @ selector.keys.T / selector.hidden_size ** 0.5).log_softmax(-1)
         per_task = []
@@ -273,11 +281,7 @@ def test_reflection_acts_every_training_step_on_the_bank_alone():
             kl = [sum(p * (p.log() - log_q[r, j]) for j, p in enumerate(target) if p > 0) for r in rows]
             per_task.append(torch.stack(kl).mean())
     assert torch.allclose(loss.detach(), selector.arm_lambda * torch.stack(per_task).mean(), atol=1e-6)
-    ablation, _ = make_model(use_arm=False)
-    for index in range(2):
-        ablation.add_task(f"task{index}")
-        finish(ablation, index)
-    ablation.add_task("task2")
+    ablation = learning_third_task(use_arm=False)
     assert ablation.selector.training_plan(ablation, batch["input_ids"], batch["attention_mask"], None)[1] is None
 
 
