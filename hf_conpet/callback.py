@@ -21,7 +21,7 @@ from transformers import TrainerCallback
 
 from ._io import atomic_directory, read_json, write_json
 from .data import NON_MODEL_KEYS
-from .evaluation import evaluate_task
+from .evaluation import AnswerCache, evaluate_task
 from .methods import get_method
 from .metrics import ContinualMetrics
 from .replay import ReplayMemory, build_replay_dataset
@@ -97,6 +97,8 @@ class ContinualCallback(TrainerCallback):
         self.finished: list[str] = []
         self.current_task = None
         self.history: list[dict[str, Any]] = []
+        # Frozen per-task modules answer an example the same way in every row of the matrix.
+        self.answer_cache = AnswerCache() if self.method.module_per_task else None
 
     # ----- what the Trainer trains on ---------------------------------------------------------
     @property
@@ -173,7 +175,8 @@ class ContinualCallback(TrainerCallback):
         routing = self.method.eval_routing
         scores = [
             evaluate_task(self.model, t, self._eval_collator(), self.tokenizer, routing=routing,
-                          batch_size=self.eval_batch_size, max_examples=self.max_eval_examples)
+                          batch_size=self.eval_batch_size, max_examples=self.max_eval_examples,
+                          answer_cache=self.answer_cache)
             for t in seen
         ]
         counts = [(s.selector_correct, s.total) for s in scores] if routing == "selector" else None

@@ -4,6 +4,10 @@ How an example reaches a task module is the `routing` argument, so one function 
 method of the harness: `"selector"` (no task id: what users get), `"oracle"` (the true task id),
 `"shared"` (one module for everything: seq_lora, replay, multitask) and `"sum"` (every module at
 weight 1: O-LoRA).
+
+`AnswerCache`: an example sent (top-1) to a *frozen* module always gets the same greedy answer,
+so a continual run that evaluates every seen task after every task only has to generate for new
+and re-routed examples. That is most of ConPET's and the oracle's evaluation time.
 """
 
 from __future__ import annotations
@@ -14,9 +18,20 @@ import torch
 from torch.utils.data import DataLoader
 
 from .data import NON_MODEL_KEYS
+from .layers import RoutingPlan
 from .metrics import normalize_answer
 
 ROUTINGS = ("selector", "oracle", "shared", "sum")
+
+
+class AnswerCache(dict):
+    """(task name, split, example index, module index) -> generated answer, for hard top-1 routes.
+
+    Only valid while the modules it names stay frozen: `evaluate_task` reads and fills it only
+    when the model has no trainable task parameters, and only for top-1 plans (a soft mixture
+    changes whenever a new module joins it). Answers are reused from the batch they were first
+    generated in; padding differences between batches could only move them by float rounding.
+    """
 
 
 @dataclass
@@ -47,6 +62,29 @@ def _routing_arguments(model, routing: str, batch: dict) -> tuple[dict, torch.Te
     raise ValueError(f"Unknown routing {routing!r}; expected one of {ROUTINGS}")
 
 
+def _single_module(route_kwargs: dict) -> torch.Tensor | None:
+    """The one module each example goes to, when routing is hard top-1; else None."""
+    if "task_ids" in route_kwargs:
+        return route_kwargs["task_ids"].view(-1).cpu()
+    plan = route_kwargs.get("routing_plan")
+    if plan is not None and plan.indices is not None and plan.indices.shape[1] == 1:
+        return plan.indices[:, 0].cpu()
+    return None
+
+
+def _select_rows(route_kwargs: dict, rows: torch.Tensor) -> dict:
+    """`route_kwargs` for a subset of the batch's rows."""
+    selected = {}
+    for key, value in route_kwargs.items():
+        if isinstance(value, RoutingPlan):
+            rows_here = rows.to(value.weights.device)
+            indices = None if value.indices is None else value.indices[rows_here]
+            selected[key] = RoutingPlan(weights=value.weights[rows_here], indices=indices)
+        else:
+            selected[key] = value[rows.to(value.device)]
+    return selected
+
+
 @torch.no_grad()
 def evaluate_task(
     model,
@@ -59,9 +97,11 @@ def evaluate_task(
     max_examples: int | None = None,
     max_new_tokens: int | None = None,
     split: str = "test",
+    answer_cache: AnswerCache | None = None,
 ) -> TaskScore:
     """Score `task` on `split` (first `max_examples` rows). `collator` must be a generation collator
-    (prompt only, left padded for decoder-only models) or a classification collator with global labels."""
+    (prompt only, left padded for decoder-only models) or a classification collator with global labels.
+    `answer_cache` (generation only) reuses answers of examples routed top-1 to a frozen module."""
     dataset = task.split(split)
     if max_examples is not None:
         dataset = dataset.select(range(min(max_examples, len(dataset))))
@@ -73,7 +113,9 @@ def evaluate_task(
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collator)
     if max_new_tokens is None and task.labels:
         max_new_tokens = max(len(tokenizer(label, add_special_tokens=False)["input_ids"]) for label in task.labels) + 2
-    correct, routed_right, predictions = 0, 0, []
+    if answer_cache is not None and model.trainable_parameters():
+        answer_cache = None  # a live module can still change: nothing it answers may be reused
+    correct, routed_right, predictions, first_row = 0, 0, [], 0
     for batch in loader:
         references = batch.get("references")
         for key in NON_MODEL_KEYS:
@@ -92,13 +134,20 @@ def evaluate_task(
             predictions += [str(int(g)) for g in guesses]
             continue
         batch.pop("labels", None)
-        output = model.generate(
-            **batch, **route_kwargs, max_new_tokens=max_new_tokens or 8, do_sample=False,
-            pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
-        )
-        if model.task_type == "causal_lm":
-            output = output[:, batch["input_ids"].shape[1]:]
-        texts = [text.strip().split("\n")[0] for text in tokenizer.batch_decode(output, skip_special_tokens=True)]
+        size = batch["input_ids"].shape[0]
+        modules = _single_module(route_kwargs) if answer_cache is not None else None
+        keys = [(task.name, split, first_row + i, int(modules[i])) for i in range(size)] if modules is not None else [None] * size
+        first_row += size
+        texts = [answer_cache.get(key) if key is not None else None for key in keys]
+        missing = [i for i, text in enumerate(texts) if text is None]
+        if missing:
+            rows = torch.tensor(missing)
+            subset = {k: v[rows.to(v.device)] if torch.is_tensor(v) else v for k, v in batch.items()}
+            fresh = _generate_answers(model, tokenizer, subset, _select_rows(route_kwargs, rows), max_new_tokens)
+            for i, text in zip(missing, fresh):
+                texts[i] = text
+                if keys[i] is not None:
+                    answer_cache[keys[i]] = text
         predictions += texts
         correct += sum(normalize_answer(p) == normalize_answer(r) for p, r in zip(texts, references))
     model.train(was_training)
@@ -107,3 +156,14 @@ def evaluate_task(
         task=task.name, accuracy=correct / total, total=total,
         selector_correct=routed_right if routing == "selector" else None, predictions=predictions,
     )
+
+
+def _generate_answers(model, tokenizer, batch: dict, route_kwargs: dict, max_new_tokens: int | None) -> list[str]:
+    """Greedy answers (first line, stripped) of a prompt-only batch."""
+    output = model.generate(
+        **batch, **route_kwargs, max_new_tokens=max_new_tokens or 8, do_sample=False,
+        pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
+    )
+    if model.task_type == "causal_lm":
+        output = output[:, batch["input_ids"].shape[1]:]
+    return [text.strip().split("\n")[0] for text in tokenizer.batch_decode(output, skip_special_tokens=True)]

@@ -10,10 +10,11 @@ from transformers import Trainer, TrainingArguments
 from hf_conpet import ConPetConfig, ConPetModelForCausalLM
 from hf_conpet.callback import ContinualCallback
 from hf_conpet.data import TaskStream
+from hf_conpet.evaluation import AnswerCache, evaluate_task
 from hf_conpet.selectors import ConPetSelector
 from hf_conpet.trainer import ContinualTrainer, attach_method
 
-from tiny_models import tiny_byte_tokenizer, tiny_llama_for
+from tiny_models import randomize_live_task, tiny_byte_tokenizer, tiny_llama_for
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "long_sequence"
 
@@ -163,3 +164,42 @@ def test_selector_learning_rate_gives_sapt_query_and_key_their_own_rate(tokenize
     assert build_optimizer(plain, training_args) is None
     with pytest.raises(ValueError, match="selector_learning_rate must be > 0"):
         ConPetConfig(selector_learning_rate=0)
+
+
+def test_answer_cache_reuses_frozen_top1_answers_only(tokenizer, monkeypatch):
+    stream = small_stream(tokenizer, tasks=("sst2", "copa"))
+    model = make_model(tokenizer, selector="none")
+    for task in stream:
+        model.add_task(task.name, labels=task.labels)
+        randomize_live_task(model)
+    collator = stream.collator("causal_lm", "generate", max_length=64, tokenizer=tokenizer)
+    calls = []
+    generate = model.generate
+    monkeypatch.setattr(model, "generate", lambda *a, **k: calls.append(k["input_ids"].shape[0]) or generate(*a, **k))
+
+    # The last task is still live: its answers can change, so nothing is cached.
+    cache = AnswerCache()
+    evaluate_task(model, stream[1], collator, tokenizer, routing="oracle", batch_size=4, answer_cache=cache)
+    assert cache == {} and sum(calls) == 6
+
+    model.freeze_tasks()
+    plain = [evaluate_task(model, t, collator, tokenizer, routing="oracle", batch_size=4) for t in stream]
+    calls.clear()
+    first = [evaluate_task(model, t, collator, tokenizer, routing="oracle", batch_size=4, answer_cache=cache) for t in stream]
+    assert sum(calls) == 12 and len(cache) == 12
+    calls.clear()
+    again = [evaluate_task(model, t, collator, tokenizer, routing="oracle", batch_size=4, answer_cache=cache) for t in stream]
+    assert calls == []  # every example was answered from the cache
+    for a, b, c in zip(plain, first, again):
+        assert a.predictions == b.predictions == c.predictions and a.accuracy == c.accuracy
+
+    # Re-routed examples (here: forgotten entries) are generated alone, beside cached neighbours.
+    for key in [("copa", "test", 1, 1), ("copa", "test", 4, 1)]:
+        del cache[key]
+    partial = evaluate_task(model, stream[1], collator, tokenizer, routing="oracle", batch_size=4, answer_cache=cache)
+    assert calls == [1, 1] and partial.predictions == plain[1].predictions
+
+    # A soft mixture of every module (O-LoRA's sum) changes with each module: never cached.
+    soft = AnswerCache()
+    evaluate_task(model, stream[0], collator, tokenizer, routing="sum", batch_size=4, answer_cache=soft)
+    assert soft == {}
