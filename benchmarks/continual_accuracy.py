@@ -52,7 +52,9 @@ def parse_args():
     parser.add_argument("--targets", default="q_proj,v_proj")
     parser.add_argument("--new-task-init", default="previous", choices=["random", "previous"],
                         help="how a new task module starts (the oracle always starts fresh)")
-    parser.add_argument("--selector-feature", default="hidden", choices=["hidden", "embeddings"])
+    parser.add_argument("--selector-feature", default="embeddings", choices=["hidden", "embeddings"],
+                        help="what ConPET's classifier reads: pooled input embeddings (no extra forward; as "
+                             "accurate on these tasks, see selector_accuracy.py) or the last hidden state (the paper)")
     parser.add_argument("--selector-learning-rate", type=float, default=None, help="SAPT's query/key rate")
     parser.add_argument("--arm-lambda", type=float, default=None, help="SAPT's reflection weight")
     parser.add_argument("--seed", type=int, default=0)

@@ -265,7 +265,7 @@ def test_pseudo_samples_are_two_percent_of_train_stored_as_pooled_embeddings():
 
 def test_reflection_acts_every_training_step_on_the_bank_alone():
     """A batch of new-task rows only still pays the ARM term; it is the hand formula on the bank."""
-    model = learning_third_task()
+    model = learning_third_task(selection_lambda=0.0)
     selector = model.selector
     batch = prompts(batch=4, seed=5)
     _, loss = selector.training_plan(model, batch["input_ids"], batch["attention_mask"], torch.full((4,), 2))
@@ -283,6 +283,36 @@ def test_reflection_acts_every_training_step_on_the_bank_alone():
     assert torch.allclose(loss.detach(), selector.arm_lambda * torch.stack(per_task).mean(), atol=1e-6)
     ablation = learning_third_task(use_arm=False)
     assert ablation.selector.training_plan(ablation, batch["input_ids"], batch["attention_mask"], None)[1] is None
+
+
+def test_selection_loss_pulls_live_task_rows_to_the_live_key():
+    """The small-budget deviation: CE towards the task being learned, on its rows only, with
+    gradient to the query network and the live key; added to ARM in the training plan."""
+    model = learning_third_task(selection_lambda=2.0, use_arm=False)
+    selector = model.selector
+    batch = prompts(batch=4, seed=5)
+    task_ids = torch.tensor([2, 0, 2, 1])  # rows of old tasks never enter the term
+    logits = selector.attention_logits(model, batch["input_ids"], batch["attention_mask"])
+    loss = selector.selection_loss(logits, task_ids)
+    loss.backward()
+    assert parameters_with_gradient(model) == QUERY_AND_LIVE_KEY
+    log_p = logits.detach().log_softmax(-1)
+    assert torch.allclose(loss.detach(), -2.0 * (log_p[0, 2] + log_p[2, 2]) / 2, atol=1e-6)
+    assert selector.selection_loss(logits, torch.tensor([0, 1, 1, 0])) is None
+    assert selector.selection_loss(logits, None) is None
+
+    both = learning_third_task(selection_lambda=2.0)
+    _, total = both.selector.training_plan(both, batch["input_ids"], batch["attention_mask"], torch.full((4,), 2))
+    both_logits = both.selector.attention_logits(both, batch["input_ids"], batch["attention_mask"])
+    expected = both.selector.selection_loss(both_logits, torch.full((4,), 2)) + both.selector.reflection_term()
+    assert torch.allclose(total, expected, atol=1e-6)
+
+    first, _ = make_model()
+    first.add_task("task0")  # one key: nothing to separate
+    only = first.selector.attention_logits(first, batch["input_ids"], batch["attention_mask"])
+    assert first.selector.selection_loss(only, torch.zeros(4, dtype=torch.long)) is None
+    with pytest.raises(ValueError, match="selection_lambda"):
+        SaptSelector(hidden_size=8, selection_lambda=-1)
 
 
 @pytest.mark.parametrize("kind", ["llama", "t5"])
@@ -325,7 +355,7 @@ def test_save_load_round_trip_routes_identically(kind, tmp_path):
     assert sorted(p.name for p in selector_dir.iterdir()) == ["config.json", "model.safetensors"]
     config = json.loads((selector_dir / "config.json").read_text())
     assert config == {"kind": "sapt", "hidden_size": 32, "hidden": 8, "arm_lambda": 0.5, "use_arm": True,
-                      "num_tasks": 3, "live_task": True, "num_pseudo_samples": 4}
+                      "num_tasks": 3, "live_task": True, "num_pseudo_samples": 4, "selection_lambda": 1.0}
     state = load_file(selector_dir / "model.safetensors")
     assert state["frozen_keys"].shape == (2, 32) and state["arm_targets"].shape == (3, 3)
     assert state["reflection_inputs"].shape == (4, 32) and state["reflection_tasks"].tolist() == [0, 0, 1, 1]
