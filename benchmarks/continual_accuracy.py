@@ -69,8 +69,10 @@ def run_method(method, args, tokenizer, base_path, single_task_scores):
     selector_options = {}
     if method == "conpet":
         selector_options = {"feature_source": args.selector_feature}
-    elif method == "sapt" and args.arm_lambda is not None:
-        selector_options = {"arm_lambda": args.arm_lambda}
+    elif method in ("sapt", "sapt_no_arm"):
+        selector_options = {"selection_lambda": 1.0}  # the figures in the README were measured with it
+        if method == "sapt" and args.arm_lambda is not None:
+            selector_options["arm_lambda"] = args.arm_lambda
     config = ConPetConfig(
         r=args.r, lora_alpha=args.lora_alpha, target_modules=args.targets.split(","),
         new_task_init="random" if method == "oracle" else args.new_task_init,

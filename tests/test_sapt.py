@@ -355,7 +355,7 @@ def test_save_load_round_trip_routes_identically(kind, tmp_path):
     assert sorted(p.name for p in selector_dir.iterdir()) == ["config.json", "model.safetensors"]
     config = json.loads((selector_dir / "config.json").read_text())
     assert config == {"kind": "sapt", "hidden_size": 32, "hidden": 8, "arm_lambda": 0.5, "use_arm": True,
-                      "num_tasks": 3, "live_task": True, "num_pseudo_samples": 4, "selection_lambda": 1.0}
+                      "num_tasks": 3, "live_task": True, "num_pseudo_samples": 4, "selection_lambda": 0.0}
     state = load_file(selector_dir / "model.safetensors")
     assert state["frozen_keys"].shape == (2, 32) and state["arm_targets"].shape == (3, 3)
     assert state["reflection_inputs"].shape == (4, 32) and state["reflection_tasks"].tolist() == [0, 0, 1, 1]

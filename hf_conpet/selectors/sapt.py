@@ -47,7 +47,7 @@ from .base import TaskEndContext, TaskSelector
 if TYPE_CHECKING:
     from ..model import ConPetModel
 
-DEFAULT_SELECTION_LAMBDA = 1.0
+DEFAULT_SELECTION_LAMBDA = 0.0
 """Weight of the attention's cross-entropy towards the task being learned (0: as in the paper)."""
 
 DEFAULT_ARM_LAMBDA = 0.5
