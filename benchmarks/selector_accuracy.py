@@ -65,7 +65,7 @@ def main():
     parser.add_argument("--data-dir", default=str(DATA))
     parser.add_argument("--tasks", default=ORDER_A)
     parser.add_argument("--sources", default="hidden,embeddings")
-    parser.add_argument("--steps", type=int, default=100, help="selector batches per task (32 rows, half new)")
+    parser.add_argument("--steps", type=int, default=300, help="selector batches per task (32 rows, half new)")
     parser.add_argument("--train-examples", type=int, default=256, help="cached training prompts per task")
     parser.add_argument("--test-examples", type=int, default=100)
     parser.add_argument("--max-length", type=int, default=256)

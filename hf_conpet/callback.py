@@ -68,9 +68,8 @@ class ContinualCallback(TrainerCallback):
         eval_batch_size: int = 16,
         max_eval_examples: int | None = None,
         single_task_scores: dict[str, float] | None = None,
-        selector_steps: int = 100,
+        selector_steps: int = 300,
         selector_batch_size: int = 32,
-        selector_examples: int = 256,
         seed: int = 0,
     ):
         self.model = model
@@ -87,7 +86,7 @@ class ContinualCallback(TrainerCallback):
         self.max_length = max_length
         self.eval_batch_size = eval_batch_size
         self.max_eval_examples = max_eval_examples
-        self.selector_steps, self.selector_batch_size, self.selector_examples = selector_steps, selector_batch_size, selector_examples
+        self.selector_steps, self.selector_batch_size = selector_steps, selector_batch_size
         self.seed = seed
         self.kind = COLLATOR_KIND[model.task_type]
         self.metrics = ContinualMetrics(

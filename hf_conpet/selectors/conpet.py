@@ -32,7 +32,7 @@ class ConPetSelector(TaskSelector):
 
     def __init__(
         self, hidden_size: int, head_dim: int = 256, feature_source: str = "hidden", feature_layer: int = -1,
-        num_tasks: int = 0, max_cached_examples: int = 128,
+        num_tasks: int = 0, max_cached_examples: int = 256,
     ):
         super().__init__()
         if feature_source not in ("hidden", "embeddings"):
