@@ -74,15 +74,8 @@ def _single_module(route_kwargs: dict) -> torch.Tensor | None:
 
 def _select_rows(route_kwargs: dict, rows: torch.Tensor) -> dict:
     """`route_kwargs` for a subset of the batch's rows."""
-    selected = {}
-    for key, value in route_kwargs.items():
-        if isinstance(value, RoutingPlan):
-            rows_here = rows.to(value.weights.device)
-            indices = None if value.indices is None else value.indices[rows_here]
-            selected[key] = RoutingPlan(weights=value.weights[rows_here], indices=indices)
-        else:
-            selected[key] = value[rows.to(value.device)]
-    return selected
+    return {key: value.select(rows) if isinstance(value, RoutingPlan) else value[rows.to(value.device)]
+            for key, value in route_kwargs.items()}
 
 
 @torch.no_grad()

@@ -58,6 +58,11 @@ class RoutingPlan:
     def batch_size(self) -> int:
         return self.weights.shape[0]
 
+    def select(self, rows: torch.Tensor) -> "RoutingPlan":
+        """The plan of a subset of the batch's examples (`rows`: indices into the batch)."""
+        rows = rows.to(self.weights.device)
+        return RoutingPlan(weights=self.weights[rows], indices=None if self.indices is None else self.indices[rows])
+
     def for_batch(self, batch_size: int) -> "RoutingPlan":
         """The plan for a batch that generation expanded (beams, num_return_sequences).
 

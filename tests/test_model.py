@@ -123,6 +123,15 @@ def test_generation_plan_repeats_for_beams():
         plan.for_batch(5)
 
 
+def test_plan_select_keeps_the_chosen_examples_rows():
+    sparse = RoutingPlan(weights=torch.tensor([[0.6, 0.4], [0.9, 0.1], [0.5, 0.5]]), indices=torch.tensor([[1, 0], [2, 1], [0, 2]]))
+    picked = sparse.select(torch.tensor([2, 0]))
+    assert picked.indices.tolist() == [[0, 2], [1, 0]]
+    assert torch.equal(picked.weights, sparse.weights[[2, 0]])
+    dense = RoutingPlan(weights=torch.eye(3)).select(torch.tensor([1]))
+    assert dense.indices is None and dense.weights.tolist() == [[0.0, 1.0, 0.0]]
+
+
 def test_training_the_new_task_leaves_old_tasks_bit_identical():
     model, _ = build("llama", n_tasks=2)
     layers = model.base_model.lora_layers()

@@ -201,9 +201,7 @@ class SaptSelector(TaskSelector):
         when there is nothing to separate (one key, no live key, no such rows, or lambda 0)."""
         if self.selection_lambda == 0 or task_ids is None or self.live_key is None or self.num_tasks < 2:
             return None
-        task_ids = torch.as_tensor(task_ids, device=logits.device).view(-1).long()
-        if task_ids.numel() != logits.shape[0]:
-            raise ValueError(f"task_ids has {task_ids.numel()} entries for a batch of {logits.shape[0]}")
+        task_ids = _row_task_ids(task_ids, logits)
         live_rows = task_ids == self.num_tasks - 1
         if not bool(live_rows.any()):
             return None
@@ -228,9 +226,7 @@ class SaptSelector(TaskSelector):
         """
         if not self.use_arm or self.arm_lambda == 0 or task_ids is None:
             return None
-        task_ids = torch.as_tensor(task_ids, device=logits.device).view(-1).long()
-        if task_ids.numel() != logits.shape[0]:
-            raise ValueError(f"task_ids has {task_ids.numel()} entries for a batch of {logits.shape[0]}")
+        task_ids = _row_task_ids(task_ids, logits)
         if task_ids.numel() and (task_ids.min() < 0 or task_ids.max() >= self.num_tasks):
             raise ValueError(
                 f"task_ids out of range: got values in [{int(task_ids.min())}, {int(task_ids.max())}] "
@@ -330,3 +326,11 @@ class SaptSelector(TaskSelector):
 
     def extra_repr(self) -> str:
         return f"tasks={self.num_tasks}, d={self.hidden_size}, hidden={self.hidden}, arm_lambda={self.arm_lambda:g}, use_arm={self.use_arm}, selection_lambda={self.selection_lambda:g}"
+
+
+def _row_task_ids(task_ids, logits: torch.Tensor) -> torch.Tensor:
+    """`task_ids` as a flat long tensor beside `logits` [batch, T], one id per row."""
+    task_ids = torch.as_tensor(task_ids, device=logits.device).view(-1).long()
+    if task_ids.numel() != logits.shape[0]:
+        raise ValueError(f"task_ids has {task_ids.numel()} entries for a batch of {logits.shape[0]}")
+    return task_ids
