@@ -9,7 +9,9 @@ oracle run goes first when listed: one *fresh* LoRA per task (whatever --new-tas
 routed by the true task id, so its diagonal is the single-task score FWT is measured against.
 Every figure printed comes from this one run, with the budget printed beside it;
 `AP / multitask` needs `multitask` among the methods. results.json is rewritten after every
-method, so an interrupted run keeps what it finished.
+method, so an interrupted run keeps what it finished; `--resume` runs only the methods that
+results.json does not hold yet, and refuses if it was written under another budget. The final
+table measures every method's FWT against the oracle's diagonal, whichever ran first.
 
 Default budget (25 steps x batch 8 per task, max_length 128, first 30 test examples per task):
 on the 10 tasks of ../shared/data, 2 CPU cores: multitask 24.4 min, conpet 19.4 min (selector on
@@ -21,6 +23,7 @@ oracle 26.2 min. Answers of examples routed top-1 to frozen modules are reused a
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import time
@@ -31,6 +34,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, TrainingArguments
 
 from hf_conpet import ConPetConfig, ConPetModelForCausalLM
 from hf_conpet.data import TaskStream
+from hf_conpet.metrics import ContinualMetrics
 from hf_conpet.default_model import DEFAULT_DATA_DIR, DEFAULT_TASKS, resolve_base_model
 from hf_conpet.trainer import ContinualTrainer
 
@@ -59,6 +63,8 @@ def parse_args():
     parser.add_argument("--arm-lambda", type=float, default=None, help="SAPT's reflection weight")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output", default="runs/continual_accuracy")
+    parser.add_argument("--resume", action="store_true",
+                        help="keep the methods already in OUTPUT/results.json (same budget only) and run the rest")
     return parser.parse_args()
 
 
@@ -95,6 +101,25 @@ def run_method(method, args, tokenizer, base_path, single_task_scores):
     return metrics, time.perf_counter() - start
 
 
+def load_finished(path: Path, budget: str) -> dict:
+    """The methods a previous run of the same budget finished (for --resume)."""
+    if not path.is_file():
+        return {}
+    saved = json.loads(path.read_text())
+    if saved.get("budget") != budget:
+        raise SystemExit(f"--resume: {path} was measured under another budget:\n  saved: {saved.get('budget')}\n"
+                         f"  now:   {budget}\nUse another --output, or the same flags.")
+    return saved["results"]
+
+
+def oracle_scores(results: dict) -> dict | None:
+    """The oracle's diagonal (fresh single-task LoRAs), which FWT is measured against."""
+    if "oracle" not in results:
+        return None
+    metrics = results["oracle"]["metrics"]
+    return {name: metrics["matrix"][i][i] for i, name in enumerate(metrics["task_names"])}
+
+
 def main():
     args = parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -111,12 +136,16 @@ def main():
               f"SAPT selector lr {args.selector_learning_rate or 'same'}, torch threads {torch.get_num_threads()}")
     output = Path(args.output)
     output.mkdir(parents=True, exist_ok=True)
-    results, single_task_scores = {}, None
+    results = load_finished(output / "results.json", budget) if args.resume else {}
+    if results:
+        print(f"resuming: {', '.join(results)} already measured under this budget in {output / 'results.json'}")
+    single_task_scores = oracle_scores(results)
     for method in methods:
+        if method in results:
+            continue
         metrics, seconds = run_method(method, args, tokenizer, base_path, single_task_scores)
-        if method == "oracle":
-            single_task_scores = {name: metrics.matrix[i][i] for i, name in enumerate(metrics.task_names)}
         results[method] = {"summary": metrics.summary(), "seconds": seconds, "metrics": metrics.to_dict()}
+        single_task_scores = oracle_scores(results)
         print(f"\n=== {method} ({seconds / 60:.1f} min) ===\n{metrics.table()}", flush=True)
         (output / "results.json").write_text(json.dumps({"budget": budget, "results": results}, indent=2))
 
@@ -130,11 +159,17 @@ def main():
             return f"{'-':>{width}}"
         return f"{value * 100:>+{width}.1f}" if signed else f"{value * 100:>{width}.1f}"
 
+    single_task_scores = oracle_scores(results)
     for method, result in results.items():
         s = result["summary"]
+        if single_task_scores is not None:  # FWT of methods that ran before the oracle, too
+            metrics = ContinualMetrics.from_dict(result["metrics"])
+            s = result["summary"] = dataclasses.replace(
+                metrics, single_task_scores=[single_task_scores[n] for n in metrics.task_names]).summary()
         ratio = f"{s['AP'] / multitask_ap:>6.3f}" if multitask_ap else f"{'-':>6}"
         print(f"{method:<12} {fmt(s['AP'], 6)} {fmt(s['F.Ra'], 6)} {fmt(s['BWT'], 7, True)} {fmt(s['FWT'], 7, True)} "
               f"{fmt(s['selector_accuracy'], 7)} {ratio} {result['seconds'] / 60:>5.1f}")
+    (output / "results.json").write_text(json.dumps({"budget": budget, "results": results}, indent=2))
 
 
 if __name__ == "__main__":
