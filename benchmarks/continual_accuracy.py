@@ -7,17 +7,18 @@
 Any directory in the long_sequence layout works (<task>/{train,test}.jsonl + meta.json). The
 oracle run goes first when listed: one *fresh* LoRA per task (whatever --new-task-init says),
 routed by the true task id, so its diagonal is the single-task score FWT is measured against.
-Every figure printed comes from this one run, with the budget printed beside it;
-`AP / multitask` needs `multitask` among the methods. results.json is rewritten after every
+Every figure printed comes from one budget, printed beside it (and from one run, unless
+`--resume` added methods); `AP / multitask` needs `multitask` among the methods. results.json is rewritten after every
 method, so an interrupted run keeps what it finished; `--resume` runs only the methods that
 results.json does not hold yet, and refuses if it was written under another budget. The final
 table measures every method's FWT against the oracle's diagonal, whichever ran first.
 
-Default budget (25 steps x batch 8 per task, max_length 128, first 30 test examples per task):
-on the 10 tasks of ../shared/data, 2 CPU cores: multitask 24.4 min, conpet 19.4 min (selector on
-input embeddings, the default; 33.1 min on the last hidden state), sapt 25.9 min, seq_lora 24.8 min,
-oracle 26.2 min. Answers of examples routed top-1 to frozen modules are reused across rows
-(evaluation.AnswerCache); SAPT's soft mixture cannot be cached.
+Default budget (25 steps x batch 8 per task, lr 5e-4, max_length 128, first 100 test examples per
+task: 956 prompts on the 10 tasks of ../shared/data), 2 CPU cores: multitask 27.8 min, conpet 23.7
+min (selector on input embeddings, the default). At 30 test examples per task (an earlier run):
+multitask 24.4, conpet 19.4 (33.1 on the last hidden state), sapt 25.9, seq_lora 24.8, oracle 26.2.
+Answers of examples routed top-1 to frozen modules are reused across rows (evaluation.AnswerCache);
+SAPT's soft mixture cannot be cached, so its evaluation grows with rows x examples.
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ def parse_args():
     parser.add_argument("--learning-rate", type=float, default=5e-4)
     parser.add_argument("--max-length", type=int, default=128)
     parser.add_argument("--max-train", type=int, default=None, help="training examples per task (default: all)")
-    parser.add_argument("--max-eval-examples", type=int, default=30)
+    parser.add_argument("--max-eval-examples", type=int, default=100, help="first N test examples per task")
     parser.add_argument("--r", type=int, default=8)
     parser.add_argument("--lora-alpha", type=float, default=16)
     parser.add_argument("--targets", default="q_proj,v_proj")
