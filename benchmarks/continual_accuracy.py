@@ -8,9 +8,9 @@ Any directory in the long_sequence layout works (<task>/{train,test}.jsonl + met
 oracle run goes first when listed: one *fresh* LoRA per task (whatever --new-task-init says),
 routed by the true task id, so its diagonal is the single-task score FWT is measured against.
 Every figure printed comes from one budget, printed beside it (and from one run, unless
-`--resume` added methods); `AP / multitask` needs `multitask` among the methods. results.json is rewritten after every
-method, so an interrupted run keeps what it finished; `--resume` runs only the methods that
-results.json does not hold yet, and refuses if it was written under another budget. The final
+`--resume` added methods); `AP / multitask` needs `multitask` among the methods. results.json is
+rewritten after every method, so an interrupted run keeps what it finished; `--resume` runs only
+the methods it does not hold yet, and refuses if it was written under another budget. The final
 table measures every method's FWT against the oracle's diagonal, whichever ran first.
 
 Default budget (25 steps x batch 8 per task, lr 5e-4, max_length 128, first 100 test examples per
@@ -160,7 +160,6 @@ def main():
             return f"{'-':>{width}}"
         return f"{value * 100:>+{width}.1f}" if signed else f"{value * 100:>{width}.1f}"
 
-    single_task_scores = oracle_scores(results)
     for method, result in results.items():
         s = result["summary"]
         if single_task_scores is not None:  # FWT of methods that ran before the oracle, too
