@@ -60,6 +60,8 @@ def parse_args():
     parser.add_argument("--selector-feature", default="embeddings", choices=["hidden", "embeddings"],
                         help="what ConPET's classifier reads: pooled input embeddings (no extra forward; as "
                              "accurate on these tasks, see selector_accuracy.py) or the last hidden state (the paper)")
+    parser.add_argument("--selector-steps", type=int, default=600,
+                        help="ConPET selector batches per task (32 cached prompts, half new; seconds per task)")
     parser.add_argument("--selector-learning-rate", type=float, default=None, help="SAPT's query/key rate")
     parser.add_argument("--arm-lambda", type=float, default=None, help="SAPT's reflection weight")
     parser.add_argument("--seed", type=int, default=0)
@@ -96,6 +98,7 @@ def run_method(method, args, tokenizer, base_path, single_task_scores):
     trainer = ContinualTrainer(
         model, stream, training_args, method=method, batches_per_task=args.steps_per_task, resume=False,
         max_length=args.max_length, max_eval_examples=args.max_eval_examples, single_task_scores=single_task_scores,
+        selector_steps=args.selector_steps,
     )
     start = time.perf_counter()
     metrics = trainer.fit()
@@ -134,6 +137,7 @@ def main():
               f"{args.batch_size}, lr {args.learning_rate}, LoRA r={args.r} alpha={args.lora_alpha} on {args.targets}, "
               f"new task modules start {args.new_task_init} (oracle: fresh), max_length {args.max_length}, "
               f"first {args.max_eval_examples} test examples/task, ConPET selector features {args.selector_feature}, "
+              f"{args.selector_steps} selector steps/task, "
               f"SAPT selector lr {args.selector_learning_rate or 'same'}, torch threads {torch.get_num_threads()}")
     output = Path(args.output)
     output.mkdir(parents=True, exist_ok=True)

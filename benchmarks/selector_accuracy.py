@@ -5,7 +5,10 @@
 The ConPET selector reads the *frozen* backbone (no task module), so how well it routes does not
 depend on the task modules: this trains only the selector, task after task, exactly as the
 ContinualCallback does (dynamic-replay batches, half new, half old), and after the last task
-scores routing on each task's test prompts. It compares the faithful feature source (last hidden
+scores routing on each task's test prompts; after every task it also scores routing on the test
+prompts of every task seen so far, and prints how much routing accuracy old tasks lose as tasks
+arrive (F.Ra of the routing matrix: the part of ConPET's forgetting a frozen module cannot
+prevent). It compares the faithful feature source (last hidden
 state: a second forward pass) with the cheap one (pooled input embeddings: almost free), prints the
 confusion matrix, and says how much of the error is confusion between tasks that share an
 instruction and a label set (mnli and cb in ../shared/data: benign when their modules agree).
@@ -24,6 +27,7 @@ from hf_conpet import ConPetConfig, ConPetModelForCausalLM
 from hf_conpet.callback import ContinualCallback
 from hf_conpet.data import TaskStream
 from hf_conpet.default_model import resolve_base_model
+from hf_conpet.metrics import forgetting_rate
 from hf_conpet.selectors import ConPetSelector, TaskEndContext
 
 ORDER_A = "yelp,amazon,mnli,cb,copa,rte,sst2,boolq,wic,agnews"
@@ -36,8 +40,11 @@ def run(source: str, args, tokenizer, base_path):
     model.selector = ConPetSelector.for_model(model, feature_source=source, max_cached_examples=args.train_examples)
     stream = TaskStream.from_dir(args.data_dir, order=args.tasks.split(","), tokenizer=tokenizer, max_test=args.test_examples)
     callback = ContinualCallback(model, stream, "conpet", tokenizer=tokenizer, max_length=args.max_length, eval_batch_size=16)
-    start = time.perf_counter()
+    train_seconds = 0.0
+    test_features = []  # per seen task: the frozen-backbone features of its test prompts (computed once)
+    routing_rows = []  # routing_rows[j][i]: share of task i's test prompts routed to task i after task j
     for task in stream:
+        start = time.perf_counter()
         model.add_task(task.name, labels=task.labels)
         model.freeze_tasks()
         context = TaskEndContext(
@@ -46,7 +53,14 @@ def run(source: str, args, tokenizer, base_path):
         )
         model.selector.end_task(model, context)
         callback.memory.add_task(task.index, task.train)
-    train_seconds = time.perf_counter() - start
+        train_seconds += time.perf_counter() - start
+        with torch.no_grad():
+            test_features.append(torch.cat([model.selector.features(model, b["input_ids"], b["attention_mask"])
+                                            for b in callback.encode_prompts(task.test)]))
+            routing_rows.append([
+                (model.selector.logits_from_features(features).argmax(dim=-1) == i).float().mean().item()
+                for i, features in enumerate(test_features)
+            ])
     n = len(stream)
     confusion = torch.zeros(n, n, dtype=torch.long)
     start = time.perf_counter()
@@ -57,7 +71,7 @@ def run(source: str, args, tokenizer, base_path):
                 for guess in chosen.tolist():
                     confusion[task.index, guess] += 1
     route_seconds = time.perf_counter() - start
-    return stream.names, confusion, train_seconds, route_seconds
+    return stream.names, confusion, routing_rows, train_seconds, route_seconds
 
 
 def main():
@@ -65,7 +79,7 @@ def main():
     parser.add_argument("--data-dir", default=str(DATA))
     parser.add_argument("--tasks", default=ORDER_A)
     parser.add_argument("--sources", default="hidden,embeddings")
-    parser.add_argument("--steps", type=int, default=300, help="selector batches per task (32 rows, half new)")
+    parser.add_argument("--steps", type=int, default=600, help="selector batches per task (32 rows, half new)")
     parser.add_argument("--train-examples", type=int, default=256, help="cached training prompts per task")
     parser.add_argument("--test-examples", type=int, default=100)
     parser.add_argument("--max-length", type=int, default=256)
@@ -77,7 +91,7 @@ def main():
     benign = set(args.benign.split(","))
     accuracies = {}
     for source in args.sources.split(","):
-        names, confusion, train_s, route_s = run(source, args, tokenizer, base_path)
+        names, confusion, routing_rows, train_s, route_s = run(source, args, tokenizer, base_path)
         total, correct = int(confusion.sum()), int(confusion.diag().sum())
         errors = total - correct
         benign_errors = sum(int(confusion[i, j]) for i in range(len(names)) for j in range(len(names))
@@ -91,6 +105,10 @@ def main():
         print(f"selector accuracy {correct / total:.4f}; errors {errors}, of which between {sorted(benign)}: "
               f"{benign_errors} ({benign_errors / max(errors, 1):.0%}); accuracy counting those as right: "
               f"{(correct + benign_errors) / total:.4f}")
+        if len(names) > 1:
+            drops = [max(row[i] for row in routing_rows[i:-1]) - routing_rows[-1][i] for i in range(len(names) - 1)]
+            print(f"routing forgetting (F.Ra of the routing matrix) {forgetting_rate(routing_rows) * 100:.2f} points; "
+                  "per old task: " + ", ".join(f"{n} {d * 100:+.0f}" for n, d in zip(names, drops)))
     if {"hidden", "embeddings"} <= set(accuracies):
         print(f"\nRATIO cheap (embeddings) - faithful (hidden) selector accuracy: "
               f"{(accuracies['embeddings'] - accuracies['hidden']) * 100:+.1f} points (goal: within 2)")

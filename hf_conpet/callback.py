@@ -68,7 +68,7 @@ class ContinualCallback(TrainerCallback):
         eval_batch_size: int = 16,
         max_eval_examples: int | None = None,
         single_task_scores: dict[str, float] | None = None,
-        selector_steps: int = 300,
+        selector_steps: int = 600,
         selector_batch_size: int = 32,
         seed: int = 0,
     ):
