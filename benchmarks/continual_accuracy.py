@@ -13,10 +13,11 @@ rewritten after every method, so an interrupted run keeps what it finished; `--r
 the methods it does not hold yet, and refuses if it was written under another budget. The final
 table measures every method's FWT against the oracle's diagonal, whichever ran first.
 
-Default budget (25 steps x batch 8 per task, lr 5e-4, max_length 128, first 100 test examples per
-task: 956 prompts on the 10 tasks of ../shared/data), 2 CPU cores: multitask 27.8 min, conpet 23.7
-min (selector on input embeddings, the default). At 30 test examples per task (an earlier run):
-multitask 24.4, conpet 19.4 (33.1 on the last hidden state), sapt 25.9, seq_lora 24.8, oracle 26.2.
+Default budget (30 steps x batch 8 per task, lr 5e-4, max_length 128, first 100 test examples per
+task: 956 prompts on the 10 tasks of ../shared/data, ConPET selector on input embeddings with 600
+steps per task), 2 CPU cores: multitask 38.7 min, conpet 28.8 min. At 25 steps and 30 test examples
+per task (an earlier run): multitask 24.4, conpet 19.4 (33.1 on the last hidden state), sapt 25.9,
+seq_lora 24.8, oracle 26.2.
 Answers of examples routed top-1 to frozen modules are reused across rows (evaluation.AnswerCache);
 SAPT's soft mixture cannot be cached, so its evaluation grows with rows x examples.
 """
@@ -46,7 +47,7 @@ def parse_args():
     parser.add_argument("--tasks", default=",".join(DEFAULT_TASKS))
     parser.add_argument("--methods", default="oracle,conpet,sapt,replay,seq_lora,multitask")
     parser.add_argument("--model", default=None, help="Hub id or path; default: the offline SmolLM2-135M-Instruct")
-    parser.add_argument("--steps-per-task", type=int, default=25)
+    parser.add_argument("--steps-per-task", type=int, default=30)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--learning-rate", type=float, default=5e-4)
     parser.add_argument("--max-length", type=int, default=128)
