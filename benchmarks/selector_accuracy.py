@@ -5,13 +5,13 @@
 The ConPET selector reads the *frozen* backbone (no task module), so how well it routes does not
 depend on the task modules: this trains only the selector, task after task, exactly as the
 ContinualCallback does (dynamic-replay batches, half new, half old), and after the last task
-scores routing on each task's test prompts; after every task it also scores routing on the test
-prompts of every task seen so far, and prints how much routing accuracy old tasks lose as tasks
-arrive (F.Ra of the routing matrix: the part of ConPET's forgetting a frozen module cannot
-prevent). It compares the faithful feature source (last hidden
-state: a second forward pass) with the cheap one (pooled input embeddings: almost free), prints the
-confusion matrix, and says how much of the error is confusion between tasks that share an
-instruction and a label set (mnli and cb in ../shared/data: benign when their modules agree).
+scores routing on each task's test prompts. After every task it also routes the test prompts of
+every task seen so far and prints how much routing accuracy old tasks lose as tasks arrive (F.Ra of
+the routing matrix: the part of ConPET's forgetting that frozen modules cannot prevent). It compares
+the faithful feature source (last hidden state: a second forward pass) with the cheap one (pooled
+input embeddings: almost free), prints the confusion matrix, and says how much of the error is
+confusion between tasks that share an instruction and a label set (mnli and cb in ../shared/data:
+benign when their modules agree).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from hf_conpet import ConPetConfig, ConPetModelForCausalLM
 from hf_conpet.callback import ContinualCallback
 from hf_conpet.data import TaskStream
 from hf_conpet.default_model import resolve_base_model
-from hf_conpet.metrics import forgetting_rate
+from hf_conpet.metrics import forgetting_drops, forgetting_rate
 from hf_conpet.selectors import ConPetSelector, TaskEndContext
 
 ORDER_A = "yelp,amazon,mnli,cb,copa,rte,sst2,boolq,wic,agnews"
@@ -106,7 +106,7 @@ def main():
               f"{benign_errors} ({benign_errors / max(errors, 1):.0%}); accuracy counting those as right: "
               f"{(correct + benign_errors) / total:.4f}")
         if len(names) > 1:
-            drops = [max(row[i] for row in routing_rows[i:-1]) - routing_rows[-1][i] for i in range(len(names) - 1)]
+            drops = forgetting_drops(routing_rows)
             print(f"routing forgetting (F.Ra of the routing matrix) {forgetting_rate(routing_rows) * 100:.2f} points; "
                   "per old task: " + ", ".join(f"{n} {d * 100:+.0f}" for n, d in zip(names, drops)))
     if {"hidden", "embeddings"} <= set(accuracies):

@@ -36,6 +36,7 @@ __all__ = [
     "average_performance",
     "backward_transfer",
     "exact_match",
+    "forgetting_drops",
     "forgetting_rate",
     "forward_transfer",
     "load_exact_match",
@@ -142,14 +143,17 @@ def average_performance(matrix: Matrix) -> float:
     return sum(rows[last][i] for i in range(last + 1)) / (last + 1)
 
 
-def forgetting_rate(matrix: Matrix) -> Optional[float]:
-    """F.Ra: mean drop from each old task's best earlier score to its final score (None if T=1)."""
+def forgetting_drops(matrix: Matrix) -> list[float]:
+    """Per old task, its best score before the last row minus its score in the last row."""
     rows = _checked_rows(matrix)
     last = len(rows) - 1
-    if last == 0:
-        return None
-    drops = [max(rows[j][i] for j in range(i, last)) - rows[last][i] for i in range(last)]
-    return sum(drops) / last
+    return [max(rows[j][i] for j in range(i, last)) - rows[last][i] for i in range(last)]
+
+
+def forgetting_rate(matrix: Matrix) -> Optional[float]:
+    """F.Ra: mean drop from each old task's best earlier score to its final score (None if T=1)."""
+    drops = forgetting_drops(matrix)
+    return sum(drops) / len(drops) if drops else None
 
 
 def backward_transfer(matrix: Matrix) -> Optional[float]:

@@ -19,6 +19,7 @@ from hf_conpet.metrics import (
     average_performance,
     backward_transfer,
     exact_match,
+    forgetting_drops,
     forgetting_rate,
     forward_transfer,
     load_exact_match,
@@ -60,6 +61,8 @@ def test_hand_computed_3x3():
     assert average_performance(HAND_3X3) == pytest.approx(1.55 / 3)
     # F.Ra: task 0: max(0.8, 0.6) - 0.5 = 0.3; task 1: max(0.7) - 0.6 = 0.1 -> 0.2
     assert forgetting_rate(HAND_3X3) == pytest.approx(0.2)
+    assert forgetting_drops(HAND_3X3) == pytest.approx([0.3, 0.1])
+    assert forgetting_drops(HAND_3X3[:1]) == []
     # BWT: (0.5 - 0.8 + 0.6 - 0.7) / 2
     assert backward_transfer(HAND_3X3) == pytest.approx(-0.2)
     # FWT: (0.8 - 0.9 + 0.7 - 0.6 + 0.45 - 0.45) / 3
