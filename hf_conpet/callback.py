@@ -141,10 +141,10 @@ class ContinualCallback(TrainerCallback):
         if model.selector is not None:
             context = TaskEndContext(
                 task_index=task.index, train=task.train, validation=task.validation, memory=self.memory,
-                encode=self.encode_prompts, batch_size=self.selector_batch_size, steps=self.selector_steps,
+                features=self.selector_features, batch_size=self.selector_batch_size, steps=self.selector_steps,
                 replay_ratio=self.replay_ratio, seed=self.seed + task.index,
             )
-            record["selector"] = model.selector.end_task(model, context)
+            record["selector"] = model.selector.end_task(context)
         if task.index not in self.memory:
             self.memory.add_task(task.index, task.train)
         seen = [t for t in self.stream if t.index <= task.index]
@@ -187,6 +187,14 @@ class ContinualCallback(TrainerCallback):
     def _eval_collator(self):
         options = {"label_space": "global"} if self.kind == "classification" else {}
         return self.stream.collator(self.kind, "generate", max_length=self.max_length, tokenizer=self.tokenizer, **options)
+
+    def selector_features(self, rows: datasets.Dataset) -> torch.Tensor:
+        """[len(rows), d] features of the rows' prompts, as the model's selector reads them."""
+        features = [self.model.selector_features(b["input_ids"], b["attention_mask"]) for b in self.encode_prompts(rows)]
+        if not features:
+            size = self.model.feature_size(self.model.selector.feature_spec)
+            return torch.zeros(0, size, device=self.model._device)
+        return torch.cat(features)
 
     def encode_prompts(self, rows: datasets.Dataset):
         """Prompt-only batches of `rows` on the model's device (what selectors read)."""

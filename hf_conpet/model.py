@@ -28,6 +28,7 @@ from . import __version__
 from ._io import atomic_directory, read_json, validate_task_name, write_json
 from .heads import TaskStackedHead
 from .config import FORMAT_VERSION, ConPetConfig, resolve_target_modules
+from .features import FeatureSpec, backbone_features, feature_size
 from .layers import RoutingContext, RoutingPlan, TaskStackedLoraLinear
 from .selectors import SELECTOR_CLASSES, TaskSelector
 
@@ -146,6 +147,8 @@ class ConPetModel(PeftModel):
     def add_task(self, name: str, labels: list[str] | None = None, instruction: str | None = None, **metadata) -> TaskInfo:
         """Freeze every earlier task and open a new trainable LoRA (plus task head) for `name`."""
         validate_task_name(name)
+        if self.selector is not None:
+            self._check_selector_size()
         if name in self.task_names:
             raise ValueError(f"Task {name!r} is already registered (tasks: {self.task_names})")
         init_from = self.num_tasks - 1 if self.conpet_config.new_task_init == "previous" and self.tasks else None
@@ -157,7 +160,7 @@ class ConPetModel(PeftModel):
         self.base_model.peft_config[name] = self._lora_config()
         self.active_adapter = name
         if self.selector is not None:
-            self.selector.add_task(self)
+            self.selector.add_task()
         self.set_trainable(task=True, selector=self.selector is not None and self.selector.routes_in_training)
         return task
 
@@ -240,7 +243,7 @@ class ConPetModel(PeftModel):
             )
         if input_ids is None:
             raise RoutingError("The selector routes from input_ids; none were given")
-        return self.selector.plan(self, input_ids, attention_mask)
+        return self.selector.plan(self.selector_features(input_ids, attention_mask), self.conpet_config.top_k)
 
     def route(self, inputs, tokenizer=None) -> torch.Tensor:
         """Per-example task probabilities [batch, T] from the selector, for texts or input ids."""
@@ -257,7 +260,42 @@ class ConPetModel(PeftModel):
         else:
             input_ids, attention_mask = inputs["input_ids"], inputs.get("attention_mask")
         with torch.no_grad():
-            return self.selector.task_probabilities(self, input_ids.to(self._device), None if attention_mask is None else attention_mask.to(self._device))
+            return self.selector.task_probabilities(self.selector_features(
+                input_ids.to(self._device), None if attention_mask is None else attention_mask.to(self._device)))
+
+    def prompt_features(self, input_ids: torch.Tensor, prompt_mask: torch.Tensor | None = None,
+                        spec: FeatureSpec | None = None) -> torch.Tensor:
+        """[batch, d] features of the prompts on the frozen backbone (no task module), as `spec`
+        (default: the selector's) names them. What a selector reads; the same at every task count."""
+        spec = spec if spec is not None else self._selector_or_raise().feature_spec
+        with self.routing.use(None):
+            return backbone_features(self.get_base_model(), input_ids, prompt_mask, spec)
+
+    def selector_features(self, input_ids: torch.Tensor, prompt_mask: torch.Tensor | None) -> torch.Tensor:
+        """The selector's features of a batch, after checking that it has one output per task."""
+        self._check_selector_size()
+        return self.prompt_features(input_ids, prompt_mask)
+
+    def feature_size(self, spec: FeatureSpec) -> int:
+        return feature_size(self.get_base_model(), spec)
+
+    def _selector_or_raise(self) -> TaskSelector:
+        if self.selector is None:
+            raise RoutingError("This model has no selector to route with")
+        return self.selector
+
+    def _check_selector_size(self) -> None:
+        selector = self._selector_or_raise()
+        if selector.num_tasks != self.num_tasks:
+            raise RoutingError(
+                f"The {selector.kind} selector has outputs for {selector.num_tasks} tasks but the model has "
+                f"{self.num_tasks}: they must grow together (attach the selector before the first add_task, or "
+                "load it with the system it was saved with)"
+            )
+
+    @property
+    def device(self) -> torch.device:
+        return self._device
 
     @property
     def _device(self) -> torch.device:
@@ -274,7 +312,7 @@ class ConPetModel(PeftModel):
         auxiliary_loss = None
         if self.training and self.selector is not None and self.selector.routes_in_training and routing_weights is None:
             prompt_mask = self.prompt_mask(input_ids, attention_mask, kwargs.get("labels"))
-            plan, auxiliary_loss = self.selector.training_plan(self, input_ids, prompt_mask, task_ids)
+            plan, auxiliary_loss = self.selector.training_plan(self.selector_features(input_ids, prompt_mask), task_ids)
         else:
             plan = self.routing_plan(input_ids, attention_mask, task_ids, routing_weights, batch_size, routing_plan)
         with self.routing.use(plan):
@@ -676,7 +714,7 @@ def load_selector(selector_dir: Path, model: ConPetModel, kind: str) -> TaskSele
     settings = read_json(selector_dir / "config.json")
     if settings.pop("kind", None) != kind or kind not in SELECTOR_CLASSES:
         raise ValueError(f"{selector_dir}/config.json: unknown or mismatched selector kind {kind!r}")
-    selector = SELECTOR_CLASSES[kind].from_config(settings, model).to(model._device)
+    selector = SELECTOR_CLASSES[kind].from_config(settings).to(model._device)
     selector.load_state_dict(load_file(selector_dir / "model.safetensors"), strict=True)
     return selector
 

@@ -8,6 +8,7 @@ import torch
 from safetensors.torch import load_file
 
 from hf_conpet import ConPetConfig, ConPetModelForCausalLM, ConPetModelForSeq2SeqLM
+from hf_conpet.model import RoutingError
 from hf_conpet.selectors import SELECTOR_CLASSES, SaptSelector, TaskEndContext
 
 from tiny_models import VOCAB, randomize_live_task, tiny_llama, tiny_t5
@@ -52,17 +53,17 @@ def with_answer(prompt, answer_length=2, seed=0):
     }
 
 
-def context(index, validation, batch_size=2, train=None):
-    """A TaskEndContext whose `encode` yields prompt-only batches, as the callback's does."""
+def context(model, index, validation, batch_size=2, train=None):
+    """A TaskEndContext whose `features` pools prompts batch by batch, as the callback's does."""
 
-    def encode(rows):
-        for start in range(0, rows["input_ids"].shape[0], batch_size):
-            piece = {k: v[start : start + batch_size] for k, v in rows.items()}
-            yield {**piece, "task_ids": torch.full((piece["input_ids"].shape[0],), index)}
+    def features(rows):
+        return torch.cat([model.prompt_features(rows["input_ids"][start : start + batch_size],
+                                                rows["attention_mask"][start : start + batch_size])
+                          for start in range(0, rows["input_ids"].shape[0], batch_size)])
 
     if train is None:  # 60 training prompts: 2% -> 2 pseudo-samples
         train = prompts(batch=60, seed=100 + index, lengths=[6, 4, 5] * 20)
-    return TaskEndContext(task_index=index, train=train, validation=validation, memory=None, encode=encode,
+    return TaskEndContext(task_index=index, train=train, validation=validation, memory=None, features=features,
                           batch_size=batch_size, steps=0, replay_ratio=1.0, seed=index)
 
 
@@ -70,7 +71,7 @@ def finish(model, index, seed=10):
     """Give the live task random LoRA weights, freeze it, record its ARM target and pseudo-samples."""
     randomize_live_task(model)
     model.freeze_tasks()
-    return model.selector.end_task(model, context(index, prompts(batch=5, seed=seed, lengths=[6, 3, 5, 2, 6])))
+    return model.selector.end_task(context(model, index, prompts(batch=5, seed=seed, lengths=[6, 3, 5, 2, 6])))
 
 
 def trained_system(kind="llama", n_tasks=2):
@@ -105,7 +106,7 @@ def test_weights_are_soft_sum_to_one_and_one_task_gets_all():
     assert weights.shape == (4, 3)
     assert torch.allclose(weights.sum(-1), torch.ones(4), atol=1e-6)
     assert (weights > 0).all()
-    plan = model.selector.plan(model, batch["input_ids"], batch["attention_mask"])
+    plan = model.selector.plan(model.prompt_features(batch["input_ids"], batch["attention_mask"]))
     assert plan.indices is None and torch.equal(plan.weights, weights)  # dense: every task mixed
 
 
@@ -114,13 +115,13 @@ def test_query_max_pools_prompt_token_embeddings_only():
     model.add_task("only")
     batch = prompts(batch=2, lengths=[4, 6])
     embeddings = model.get_base_model().get_input_embeddings()(batch["input_ids"])
-    pooled = model.selector.pooled_embeddings(model, batch["input_ids"], batch["attention_mask"])
+    pooled = model.prompt_features(batch["input_ids"], batch["attention_mask"])
     assert torch.equal(pooled[0], embeddings[0, :4].max(dim=0).values)
     assert torch.equal(pooled[1], embeddings[1].max(dim=0).values)
     # tokens outside the prompt (padding, answer) never change the query
     changed = batch["input_ids"].clone()
     changed[0, 4:] = 7
-    assert torch.equal(model.selector.pooled_embeddings(model, changed, batch["attention_mask"]), pooled)
+    assert torch.equal(model.prompt_features(changed, batch["attention_mask"]), pooled)
 
 
 def test_old_keys_bit_identical_after_training_with_adamw_weight_decay():
@@ -146,7 +147,7 @@ def test_old_keys_bit_identical_after_training_with_adamw_weight_decay():
         task_ids = torch.tensor([0, 1, 2, 2])
         output = model(**batch, task_ids=task_ids)  # old-task rows add the ARM term
         prompt_mask = model.prompt_mask(batch["input_ids"], batch["attention_mask"], batch["labels"])
-        assert selector.training_plan(model, batch["input_ids"], prompt_mask, task_ids)[1] > 0
+        assert selector.training_plan(model.prompt_features(batch["input_ids"], prompt_mask), task_ids)[1] > 0
         output.loss.backward()
         optimizer.step()
         optimizer.zero_grad()
@@ -166,7 +167,7 @@ def test_arm_target_is_the_mean_attention_over_validation():
     randomize_live_task(model)
     validation = prompts(batch=5, seed=3, lengths=[6, 2, 4, 6, 1])
     expected = model.route(validation).mean(dim=0)  # all 5 at once, by hand
-    figures = model.selector.end_task(model, context(1, validation, batch_size=2))
+    figures = model.selector.end_task(context(model, 1, validation, batch_size=2))
     selector = model.selector
     assert torch.allclose(selector.arm_targets[1], expected, atol=1e-6)
     assert figures["arm_target"] == pytest.approx(expected.tolist(), abs=1e-6)
@@ -202,7 +203,7 @@ def test_arm_gradient_reaches_only_query_network_and_current_key():
     model = learning_third_task()
     selector = model.selector
     batch = prompts(batch=4, seed=5)
-    logits = selector.attention_logits(model, batch["input_ids"], batch["attention_mask"])
+    logits = selector.attention_logits(model.prompt_features(batch["input_ids"], batch["attention_mask"]))
     loss = selector.reflection_loss(logits, torch.tensor([0, 1, 2, 2]))
     loss.backward()
     assert parameters_with_gradient(model) == QUERY_AND_LIVE_KEY
@@ -220,11 +221,11 @@ def test_no_arm_term_for_new_task_examples_first_task_or_ablation():
     model, _ = make_model()
     model.add_task("task0")
     batch = prompts()
-    logits = model.selector.attention_logits(model, batch["input_ids"], batch["attention_mask"])
+    logits = model.selector.attention_logits(model.prompt_features(batch["input_ids"], batch["attention_mask"]))
     assert model.selector.reflection_loss(logits, torch.zeros(4, dtype=torch.long)) is None  # T = 1
     finish(model, 0)
     model.add_task("task1")
-    logits = model.selector.attention_logits(model, batch["input_ids"], batch["attention_mask"])
+    logits = model.selector.attention_logits(model.prompt_features(batch["input_ids"], batch["attention_mask"]))
     assert model.selector.reflection_loss(logits, torch.ones(4, dtype=torch.long)) is None  # all new-task rows
     assert model.selector.reflection_loss(logits, None) is None
     assert model.selector.reflection_loss(logits, torch.tensor([0, 1, 1, 1])) is not None
@@ -234,7 +235,7 @@ def test_no_arm_term_for_new_task_examples_first_task_or_ablation():
     ablation.add_task("task0")
     finish(ablation, 0)
     ablation.add_task("task1")
-    logits = ablation.selector.attention_logits(ablation, batch["input_ids"], batch["attention_mask"])
+    logits = ablation.selector.attention_logits(ablation.prompt_features(batch["input_ids"], batch["attention_mask"]))
     assert ablation.selector.reflection_loss(logits, torch.tensor([0, 0, 1, 1])) is None
 
 
@@ -244,23 +245,23 @@ def test_pseudo_samples_are_two_percent_of_train_stored_as_pooled_embeddings():
     randomize_live_task(model)
     model.freeze_tasks()
     train = prompts(batch=120, seed=7, lengths=[6, 2, 5, 4] * 30)
-    figures = model.selector.end_task(model, context(0, prompts(batch=3), train=train))
+    figures = model.selector.end_task(context(model, 0, prompts(batch=3), train=train))
     selector = model.selector
     assert figures["pseudo_samples"] == 3  # ceil(2% of 120)
     assert selector.reflection_tasks.tolist() == [0, 0, 0]
     # each stored vector is the max-pooled prompt embedding of one training row
-    every_row = selector.pooled_embeddings(model, train["input_ids"], train["attention_mask"])
+    every_row = model.prompt_features(train["input_ids"], train["attention_mask"])
     for vector in selector.reflection_inputs:
         assert any(torch.equal(vector, row) for row in every_row)
     model.add_task("task1")
     randomize_live_task(model)
     model.freeze_tasks()
     tiny = prompts(batch=5, seed=8)
-    assert model.selector.end_task(model, context(1, prompts(batch=3), train=tiny))["pseudo_samples"] == 1  # at least one
+    assert model.selector.end_task(context(model, 1, prompts(batch=3), train=tiny))["pseudo_samples"] == 1  # at least one
     assert selector.reflection_tasks.tolist() == [0, 0, 0, 1]
     ablation, _ = make_model(use_arm=False)
     ablation.add_task("task0")
-    assert ablation.selector.end_task(ablation, context(0, prompts(batch=3), train=train))["pseudo_samples"] == 0
+    assert ablation.selector.end_task(context(ablation, 0, prompts(batch=3), train=train))["pseudo_samples"] == 0
 
 
 def test_reflection_acts_every_training_step_on_the_bank_alone():
@@ -268,7 +269,7 @@ def test_reflection_acts_every_training_step_on_the_bank_alone():
     model = learning_third_task(selection_lambda=0.0)
     selector = model.selector
     batch = prompts(batch=4, seed=5)
-    _, loss = selector.training_plan(model, batch["input_ids"], batch["attention_mask"], torch.full((4,), 2))
+    _, loss = selector.training_plan(model.prompt_features(batch["input_ids"], batch["attention_mask"]), torch.full((4,), 2))
     assert loss is not None
     loss.backward()
     assert parameters_with_gradient(model) == QUERY_AND_LIVE_KEY
@@ -282,7 +283,7 @@ def test_reflection_acts_every_training_step_on_the_bank_alone():
             per_task.append(torch.stack(kl).mean())
     assert torch.allclose(loss.detach(), selector.arm_lambda * torch.stack(per_task).mean(), atol=1e-6)
     ablation = learning_third_task(use_arm=False)
-    assert ablation.selector.training_plan(ablation, batch["input_ids"], batch["attention_mask"], None)[1] is None
+    assert ablation.selector.training_plan(ablation.prompt_features(batch["input_ids"], batch["attention_mask"]), None)[1] is None
 
 
 def test_selection_loss_pulls_live_task_rows_to_the_live_key():
@@ -292,7 +293,7 @@ def test_selection_loss_pulls_live_task_rows_to_the_live_key():
     selector = model.selector
     batch = prompts(batch=4, seed=5)
     task_ids = torch.tensor([2, 0, 2, 1])  # rows of old tasks never enter the term
-    logits = selector.attention_logits(model, batch["input_ids"], batch["attention_mask"])
+    logits = selector.attention_logits(model.prompt_features(batch["input_ids"], batch["attention_mask"]))
     loss = selector.selection_loss(logits, task_ids)
     loss.backward()
     assert parameters_with_gradient(model) == QUERY_AND_LIVE_KEY
@@ -302,14 +303,14 @@ def test_selection_loss_pulls_live_task_rows_to_the_live_key():
     assert selector.selection_loss(logits, None) is None
 
     both = learning_third_task(selection_lambda=2.0)
-    _, total = both.selector.training_plan(both, batch["input_ids"], batch["attention_mask"], torch.full((4,), 2))
-    both_logits = both.selector.attention_logits(both, batch["input_ids"], batch["attention_mask"])
+    _, total = both.selector.training_plan(both.prompt_features(batch["input_ids"], batch["attention_mask"]), torch.full((4,), 2))
+    both_logits = both.selector.attention_logits(both.prompt_features(batch["input_ids"], batch["attention_mask"]))
     expected = both.selector.selection_loss(both_logits, torch.full((4,), 2)) + both.selector.reflection_term()
     assert torch.allclose(total, expected, atol=1e-6)
 
     first, _ = make_model()
     first.add_task("task0")  # one key: nothing to separate
-    only = first.selector.attention_logits(first, batch["input_ids"], batch["attention_mask"])
+    only = first.selector.attention_logits(first.prompt_features(batch["input_ids"], batch["attention_mask"]))
     assert first.selector.selection_loss(only, torch.zeros(4, dtype=torch.long)) is None
     with pytest.raises(ValueError, match="selection_lambda"):
         SaptSelector(hidden_size=8, selection_lambda=-1)
@@ -394,13 +395,14 @@ def test_generate_without_task_ids_routes_once_on_the_prompt(kind):
 def test_config_round_trip_and_clear_errors():
     model, _ = trained_system("llama", n_tasks=2)
     selector = model.selector
-    rebuilt = SaptSelector.from_config(json.loads(json.dumps(selector.get_config())), model)
+    rebuilt = SaptSelector.from_config(json.loads(json.dumps(selector.get_config())))
     rebuilt.load_state_dict(selector.state_dict(), strict=True)  # shapes follow from the config alone
     assert rebuilt.get_config() == selector.get_config() and rebuilt.live_key is None
     with pytest.raises(ValueError, match="Unknown SaptSelector config keys"):
-        SaptSelector.from_config({**selector.get_config(), "temperature": 2.0}, model)
+        SaptSelector.from_config({**selector.get_config(), "temperature": 2.0})
     model.selector = SaptSelector.for_model(make_model()[0])  # a fresh selector on a model with tasks
-    with pytest.raises(RuntimeError, match="keys for 0 tasks but the model has 2"):
+    with pytest.raises(RoutingError, match="outputs for 0 tasks but the model has 2"):
         model.route(prompts())
-    with pytest.raises(ValueError, match="has keys for 0 tasks but the model now has 3"):
+    with pytest.raises(RoutingError, match="outputs for 0 tasks but the model has 2"):
         model.add_task("late")
+    assert model.task_names == ["task0", "task1"]  # the refused add_task changed nothing

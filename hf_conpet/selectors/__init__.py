@@ -1,7 +1,10 @@
-"""Selectors route an input without a task id to task modules (one module per method, like PEFT's tuners)."""
+"""Selectors route an input without a task id to task modules (one module per method, like PEFT's tuners).
 
-from .base import SELECTOR_CLASSES, SumSelector, TaskEndContext, TaskSelector, pool_prompt
+They read prompt features (`hf_conpet.features`), never the model.
+"""
+
+from .base import SELECTOR_CLASSES, SumSelector, TaskEndContext, TaskSelector
 from .conpet import ConPetSelector
 from .sapt import SaptSelector
 
-__all__ = ["SELECTOR_CLASSES", "ConPetSelector", "SaptSelector", "SumSelector", "TaskEndContext", "TaskSelector", "pool_prompt"]
+__all__ = ["SELECTOR_CLASSES", "ConPetSelector", "SaptSelector", "SumSelector", "TaskEndContext", "TaskSelector"]

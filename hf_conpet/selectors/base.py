@@ -1,24 +1,24 @@
 """Selector base: who decides, for an input without a task id, which task modules answer it.
 
-A selector is an `nn.Module` that grows with the stream (`add_task`) and turns a batch of prompts
-into a `RoutingPlan`. The model asks it only when neither `task_ids` nor `routing_weights` are
-given. Concrete selectors register themselves in `SELECTOR_CLASSES` by `kind`, which is what the
-saved `selector/config.json` records.
+A selector is an `nn.Module` that grows with the stream (`add_task`) and turns the features of a
+batch of prompts into a `RoutingPlan`. It never sees the model: it names the features it reads
+(`feature_spec`, see `features.py`) and the model computes them on the frozen backbone. The model
+asks it only when neither `task_ids` nor `routing_weights` are given. Concrete selectors register
+themselves in `SELECTOR_CLASSES` by `kind`, which is what the saved `selector/config.json` records.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 import torch.nn as nn
 
+from ..features import FeatureSpec
 from ..layers import RoutingPlan
 
-if TYPE_CHECKING:
-    from ..model import ConPetModel
 
 @dataclass
 class TaskEndContext:
@@ -28,8 +28,8 @@ class TaskEndContext:
     train: Any  # datasets.Dataset: the finished task's training rows
     validation: Any  # datasets.Dataset: its validation rows (never test)
     memory: Any  # replay.ReplayMemory of the *older* tasks (the finished task is added after)
-    encode: Callable[[Any], Iterator[dict[str, torch.Tensor]]]
-    """Yields prompt-only batches of a Dataset: input_ids, attention_mask (= prompt mask), task_ids."""
+    features: Callable[[Any], torch.Tensor]
+    """[n, d] float32 features (the selector's `feature_spec`) of the prompts of a Dataset's rows, in row order."""
     batch_size: int
     steps: int
     replay_ratio: float
@@ -40,15 +40,13 @@ SELECTOR_CLASSES: dict[str, type["TaskSelector"]] = {}
 
 
 class TaskSelector(nn.Module):
-    """Base class: routes a batch to task modules and grows one task at a time.
-
-    `prompt_mask [batch, seq]` marks the tokens a selector may read (the prompt; never the answer).
-    """
+    """Base class: routes a batch to task modules from its prompt features; grows one task at a time."""
 
     kind: str = ""
     routes_in_training: bool = False
     """True when the model's training forward must route through `training_plan` (SAPT learns
     selection and task module together); False: training routes by task id (teacher forcing)."""
+    feature_spec: FeatureSpec = FeatureSpec()
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -59,29 +57,26 @@ class TaskSelector(nn.Module):
     def num_tasks(self) -> int:
         raise NotImplementedError
 
-    def add_task(self, model: "ConPetModel") -> None:
-        """Open an output for the task just added to `model` (old outputs stay bit-identical)."""
+    def add_task(self) -> None:
+        """Open an output for a newly added task (old outputs stay bit-identical)."""
         raise NotImplementedError
 
-    def task_probabilities(self, model: "ConPetModel", input_ids: torch.Tensor, prompt_mask: torch.Tensor | None) -> torch.Tensor:
-        """[batch, T] probabilities over the registered tasks."""
+    def task_probabilities(self, features: torch.Tensor) -> torch.Tensor:
+        """[batch, T] probabilities over the registered tasks, from [batch, d] prompt features."""
         raise NotImplementedError
 
-    def plan(self, model: "ConPetModel", input_ids: torch.Tensor, prompt_mask: torch.Tensor | None) -> RoutingPlan:
+    def plan(self, features: torch.Tensor, top_k: int = 1) -> RoutingPlan:
         """The routing plan for a batch; default: top-k of `task_probabilities`."""
-        probabilities = self.task_probabilities(model, input_ids, prompt_mask)
-        return RoutingPlan.top_k(probabilities, model.conpet_config.top_k)
+        return RoutingPlan.top_k(self.task_probabilities(features), top_k)
 
-    def training_plan(
-        self, model: "ConPetModel", input_ids: torch.Tensor, prompt_mask: torch.Tensor, task_ids: torch.Tensor | None
-    ) -> tuple[RoutingPlan, torch.Tensor | None]:
+    def training_plan(self, features: torch.Tensor, task_ids: torch.Tensor | None) -> tuple[RoutingPlan, torch.Tensor | None]:
         """Plan (with gradient) and auxiliary loss for a training batch; only if `routes_in_training`."""
         raise NotImplementedError
 
-    def end_task(self, model: "ConPetModel", context: TaskEndContext) -> dict[str, Any]:
+    def end_task(self, context: TaskEndContext) -> dict[str, Any]:
         """Update the selector after a task's module is trained (ConPET: train the classifier on
-        replay batches; SAPT: record the task's mean attention for reflection). Returns figures
-        worth logging."""
+        replay batches; SAPT: record the task's mean attention for reflection; analytic: add the
+        task's statistics and solve). Returns figures worth logging."""
         return {}
 
     def get_config(self) -> dict[str, Any]:
@@ -89,17 +84,25 @@ class TaskSelector(nn.Module):
         return {}
 
     @classmethod
-    def from_config(cls, config: dict[str, Any], model: "ConPetModel") -> "TaskSelector":
+    def from_config(cls, config: dict[str, Any]) -> "TaskSelector":
         return cls(**config)
 
+    @classmethod
+    def spec_for(cls, **options) -> FeatureSpec:
+        """The features a selector built with `options` reads (to size it before it exists)."""
+        return cls.feature_spec
 
-def pool_prompt(hidden: torch.Tensor, prompt_mask: torch.Tensor | None) -> torch.Tensor:
-    """Mean over the prompt tokens of [batch, seq, d] (padding and answer tokens excluded)."""
-    if prompt_mask is None:
-        return hidden.mean(dim=1)
-    mask = prompt_mask.to(hidden.dtype).unsqueeze(-1)
-    return (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp_min(1.0)
+    @classmethod
+    def for_model(cls, model, **options) -> "TaskSelector":
+        """A fresh selector sized to `model`'s features, on its device; attach before the first task.
 
+        Reads only what any model offers (`feature_size`, `device`, `num_tasks`)."""
+        if getattr(model, "num_tasks", 0):
+            raise ValueError(
+                f"The model already has {model.num_tasks} tasks: a {cls.kind} selector grows one output per task "
+                "as tasks are added, so attach it before the first add_task"
+            )
+        return cls(hidden_size=model.feature_size(cls.spec_for(**options)), **options).to(model.device)
 
 
 class SumSelector(TaskSelector):
@@ -116,20 +119,20 @@ class SumSelector(TaskSelector):
     def num_tasks(self) -> int:
         return self._num_tasks
 
-    def add_task(self, model=None) -> None:
+    def add_task(self) -> None:
         self._num_tasks += 1
 
-    def _weights(self, input_ids: torch.Tensor) -> RoutingPlan:
-        return RoutingPlan(weights=torch.ones(input_ids.shape[0], self._num_tasks, device=input_ids.device))
+    def _weights(self, features: torch.Tensor) -> RoutingPlan:
+        return RoutingPlan(weights=torch.ones(features.shape[0], self._num_tasks, device=features.device))
 
-    def plan(self, model, input_ids, prompt_mask) -> RoutingPlan:
-        return self._weights(input_ids)
+    def plan(self, features, top_k=1) -> RoutingPlan:
+        return self._weights(features)
 
-    def task_probabilities(self, model, input_ids, prompt_mask) -> torch.Tensor:
-        return self._weights(input_ids).weights / max(self._num_tasks, 1)
+    def task_probabilities(self, features) -> torch.Tensor:
+        return self._weights(features).weights / max(self._num_tasks, 1)
 
-    def training_plan(self, model, input_ids, prompt_mask, task_ids):
-        return self._weights(input_ids), None
+    def training_plan(self, features, task_ids):
+        return self._weights(features), None
 
     def get_config(self) -> dict[str, Any]:
         return {"num_tasks": self._num_tasks}

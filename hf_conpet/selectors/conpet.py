@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 import torch.nn as nn
 
-from .base import TaskSelector, pool_prompt
-
-if TYPE_CHECKING:
-    from ..model import ConPetModel
+from ..features import FeatureSpec
+from .base import TaskSelector
 
 
 class ConPetSelector(TaskSelector):
@@ -35,8 +33,7 @@ class ConPetSelector(TaskSelector):
         num_tasks: int = 0, max_cached_examples: int = 256,
     ):
         super().__init__()
-        if feature_source not in ("hidden", "embeddings"):
-            raise ValueError(f"feature_source must be 'hidden' or 'embeddings', got {feature_source!r}")
+        self.feature_spec = FeatureSpec(feature_source, feature_layer)
         self.hidden_size, self.head_dim = hidden_size, head_dim
         self.feature_source, self.feature_layer = feature_source, feature_layer
         self.feature_norm = nn.LayerNorm(hidden_size)
@@ -50,37 +47,20 @@ class ConPetSelector(TaskSelector):
     def num_tasks(self) -> int:
         return self.task_rows.shape[0]
 
-    def add_task(self, model=None) -> None:
+    def add_task(self) -> None:
         new_row = torch.empty(1, self.head_dim, device=self.task_rows.device)
         nn.init.normal_(new_row, std=self.head_dim ** -0.5)
         self.task_rows = nn.Parameter(torch.cat([self.task_rows.detach(), new_row]))
         self.task_bias = nn.Parameter(torch.cat([self.task_bias.detach(), torch.zeros(1, device=new_row.device)]))
 
-    @torch.no_grad()
-    def features(self, model: "ConPetModel", input_ids: torch.Tensor, prompt_mask: torch.Tensor | None) -> torch.Tensor:
-        """[batch, hidden] features of the frozen backbone (no task module), cacheable."""
-        base = model.get_base_model()
-        if self.feature_source == "embeddings":
-            hidden = base.get_input_embeddings()(input_ids)
-        else:
-            with model.routing.use(None):
-                kwargs = {"attention_mask": prompt_mask.long() if prompt_mask is not None else None, "output_hidden_states": True}
-                if getattr(base.config, "is_encoder_decoder", False):
-                    outputs = base.get_encoder()(input_ids=input_ids, **kwargs)
-                    hidden = outputs.hidden_states[self.feature_layer]
-                else:  # the backbone without its LM head: no [batch, seq, vocab] logits to compute
-                    outputs = base.base_model(input_ids=input_ids, **kwargs)
-                    hidden = outputs.hidden_states[self.feature_layer]
-        return pool_prompt(hidden.float(), prompt_mask)
-
     def logits_from_features(self, features: torch.Tensor) -> torch.Tensor:
         projected = self.projection(self.feature_norm(features.to(self.task_rows.dtype)))
         return projected @ self.task_rows.T + self.task_bias
 
-    def task_probabilities(self, model, input_ids, prompt_mask):
-        return self.logits_from_features(self.features(model, input_ids, prompt_mask)).softmax(dim=-1)
+    def task_probabilities(self, features):
+        return self.logits_from_features(features).softmax(dim=-1)
 
-    def end_task(self, model, context) -> dict[str, Any]:
+    def end_task(self, context) -> dict[str, Any]:
         """Train the classifier on ConPET's dynamic-replay batches (half new task, half old tasks).
 
         Features of a capped, seeded subset of each task's training prompts are computed once
@@ -95,7 +75,7 @@ class ConPetSelector(TaskSelector):
             rows = rows.shuffle(seed=index).select(range(min(len(rows), self.max_cached_examples)))
             subsets[index] = rows
             if index not in cache:
-                cache[index] = torch.cat([self.features(model, b["input_ids"], b["attention_mask"]) for b in context.encode(rows)])
+                cache[index] = context.features(rows).to(self.task_rows.device)
         if self.num_tasks < 2:
             return {"selector_steps": 0}
         old = {index: subsets[index] for index in context.memory.tasks}
@@ -132,6 +112,5 @@ class ConPetSelector(TaskSelector):
         }
 
     @classmethod
-    def for_model(cls, model: "ConPetModel", **options) -> "ConPetSelector":
-        hidden_size = model.get_base_model().get_input_embeddings().embedding_dim
-        return cls(hidden_size=hidden_size, **options).to(model._device)
+    def spec_for(cls, feature_source: str = "hidden", feature_layer: int = -1, **options) -> FeatureSpec:
+        return FeatureSpec(feature_source, feature_layer)

@@ -36,17 +36,15 @@ it lowered SAPT below seq_lora; `benchmarks/continual_accuracy.py` sets 1.0 for 
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..features import FeatureSpec
 from ..layers import RoutingPlan
 from .base import TaskEndContext, TaskSelector
-
-if TYPE_CHECKING:
-    from ..model import ConPetModel
 
 DEFAULT_SELECTION_LAMBDA = 0.0
 """Weight of the attention's cross-entropy towards the task being learned (0: as in the paper)."""
@@ -70,6 +68,7 @@ class SaptSelector(TaskSelector):
 
     kind = "sapt"
     routes_in_training = True
+    feature_spec = FeatureSpec("embeddings", pooling="max")  # SAPT's query: max-pooled token embeddings
 
     def __init__(
         self,
@@ -141,13 +140,8 @@ class SaptSelector(TaskSelector):
         self.frozen_keys = torch.cat([self.frozen_keys, self.live_key.detach()])
         self.live_key = None
 
-    def add_task(self, model: "ConPetModel | None" = None) -> None:
+    def add_task(self) -> None:
         """Freeze the previous task's key and open a trainable key, Uniform(-1, 1), for the new one."""
-        if model is not None and model.num_tasks != self.num_tasks + 1:
-            raise ValueError(
-                f"SaptSelector has keys for {self.num_tasks} tasks but the model now has {model.num_tasks}: "
-                "attach the selector before the first add_task, or load it with the system it was saved with"
-            )
         self.freeze_live()
         device = self.frozen_keys.device
         self.live_key = nn.Parameter(torch.empty(1, self.hidden_size, device=device, dtype=self.frozen_keys.dtype).uniform_(-1.0, 1.0))
@@ -158,41 +152,25 @@ class SaptSelector(TaskSelector):
         self.arm_recorded = torch.cat([self.arm_recorded, torch.zeros(1, dtype=torch.bool, device=device)])
 
     # ----- attention --------------------------------------------------------------------------
-    def pooled_embeddings(self, model: "ConPetModel", input_ids: torch.Tensor, prompt_mask: torch.Tensor | None) -> torch.Tensor:
-        """[batch, d]: max over the prompt tokens of the base model's input embeddings (frozen)."""
-        if input_ids is None:
-            raise ValueError("SaptSelector routes from input_ids (token embeddings of the prompt); none were given")
-        with torch.no_grad():
-            embeddings = model.get_base_model().get_input_embeddings()(input_ids).to(self.frozen_keys.dtype)
-        if prompt_mask is None:
-            return embeddings.max(dim=1).values
-        mask = prompt_mask.to(embeddings.device).bool()
-        pooled = embeddings.masked_fill(~mask[..., None], float("-inf")).max(dim=1).values
-        return torch.where(mask.any(dim=1, keepdim=True), pooled, torch.zeros_like(pooled))  # empty prompt -> 0
-
-    def attention_logits(self, model: "ConPetModel", input_ids: torch.Tensor, prompt_mask: torch.Tensor | None) -> torch.Tensor:
-        """[batch, T] scores K q / sqrt(d); gradient reaches the query network and the live key only."""
-        if model.num_tasks != self.num_tasks:
-            raise RuntimeError(
-                f"SaptSelector has keys for {self.num_tasks} tasks but the model has {model.num_tasks}: "
-                "they must grow together (model.add_task calls selector.add_task)"
-            )
+    def attention_logits(self, features: torch.Tensor) -> torch.Tensor:
+        """[batch, T] scores K q / sqrt(d) from max-pooled prompt embeddings [batch, d]; gradient
+        reaches the query network and the live key only."""
         if self.num_tasks == 0:
             raise RuntimeError("SaptSelector has no task keys yet: call model.add_task(...) first")
-        q = self.query(self.pooled_embeddings(model, input_ids, prompt_mask))  # [b, d]
+        q = self.query(features.to(self.frozen_keys.dtype))  # [b, d]
         return q @ self.keys.T / math.sqrt(self.hidden_size)
 
-    def task_probabilities(self, model, input_ids, prompt_mask) -> torch.Tensor:
-        return self.attention_logits(model, input_ids, prompt_mask).softmax(dim=-1)
+    def task_probabilities(self, features) -> torch.Tensor:
+        return self.attention_logits(features).softmax(dim=-1)
 
-    def plan(self, model, input_ids, prompt_mask) -> RoutingPlan:
+    def plan(self, features, top_k=1) -> RoutingPlan:
         """Dense soft weights over every task (SAPT never takes an argmax; `top_k` is ignored)."""
-        return RoutingPlan(weights=self.task_probabilities(model, input_ids, prompt_mask))
+        return RoutingPlan(weights=self.task_probabilities(features))
 
-    def training_plan(self, model, input_ids, prompt_mask, task_ids) -> tuple[RoutingPlan, torch.Tensor | None]:
+    def training_plan(self, features, task_ids) -> tuple[RoutingPlan, torch.Tensor | None]:
         """The same soft weights as inference, with gradient, plus the auxiliary losses: the
         selection term on the live task's rows and the ARM term on the pseudo-samples."""
-        logits = self.attention_logits(model, input_ids, prompt_mask)
+        logits = self.attention_logits(features)
         terms = [term for term in (self.selection_loss(logits, task_ids), self.reflection_term()) if term is not None]
         return RoutingPlan(weights=logits.softmax(dim=-1)), sum(terms) if terms else None
 
@@ -245,20 +223,16 @@ class SaptSelector(TaskSelector):
         return self.arm_lambda * (per_task[present] / counts[present]).mean()
 
     @torch.no_grad()
-    def end_task(self, model: "ConPetModel", context: TaskEndContext) -> dict[str, Any]:
+    def end_task(self, context: TaskEndContext) -> dict[str, Any]:
         """Record the finished task's mean attention over its validation prompts, store its
         pseudo-samples (2% of its training prompts, seeded), freeze its key."""
         index = context.task_index
         if not 0 <= index < self.num_tasks:
             raise ValueError(f"end_task for task {index}, but the selector has {self.num_tasks} tasks")
         device = self.frozen_keys.device
-        total, count, hits = torch.zeros(self.num_tasks, device=device), 0, 0
-        for batch in context.encode(context.validation):
-            mask = batch.get("attention_mask")
-            weights = self.task_probabilities(model, batch["input_ids"].to(device), None if mask is None else mask.to(device))
-            total += weights.sum(dim=0)
-            count += weights.shape[0]
-            hits += int((weights.argmax(dim=-1) == index).sum())
+        weights = self.task_probabilities(context.features(context.validation).to(device))
+        total, count = weights.sum(dim=0), weights.shape[0]
+        hits = int((weights.argmax(dim=-1) == index).sum())
         if count == 0 and self.use_arm:
             raise ValueError(f"Task {index} has no validation inputs: ARM needs them to record its attention target")
         self.freeze_live()
@@ -268,11 +242,11 @@ class SaptSelector(TaskSelector):
         self.arm_targets[index] = 0.0
         self.arm_targets[index, : target.shape[0]] = target
         self.arm_recorded[index] = True
-        stored = self.store_pseudo_samples(model, context) if self.use_arm else 0
+        stored = self.store_pseudo_samples(context) if self.use_arm else 0
         return {"arm_recorded": True, "arm_target": target.tolist(), "validation_selector_accuracy": hits / count,
                 "pseudo_samples": stored}
 
-    def store_pseudo_samples(self, model: "ConPetModel", context: TaskEndContext) -> int:
+    def store_pseudo_samples(self, context: TaskEndContext) -> int:
         """Append 2% (at least one) of the finished task's training prompts to the reflection bank."""
         rows = context.train
         if rows is None or len(rows) == 0:
@@ -281,11 +255,7 @@ class SaptSelector(TaskSelector):
         picked = torch.randperm(len(rows), generator=torch.Generator().manual_seed(context.seed))[:count].sort().values
         picked_rows = rows.select(picked.tolist())
         device = self.frozen_keys.device
-        pooled = [
-            self.pooled_embeddings(model, batch["input_ids"].to(device), batch["attention_mask"].to(device))
-            for batch in context.encode(picked_rows)
-        ]
-        pooled = torch.cat(pooled)
+        pooled = context.features(picked_rows).to(device)
         self.reflection_inputs = torch.cat([self.reflection_inputs, pooled.to(self.reflection_inputs.dtype)])
         self.reflection_tasks = torch.cat([self.reflection_tasks, torch.full((pooled.shape[0],), context.task_index, device=device)])
         return pooled.shape[0]
@@ -299,7 +269,7 @@ class SaptSelector(TaskSelector):
         }
 
     @classmethod
-    def from_config(cls, config: dict[str, Any], model: "ConPetModel | None" = None) -> "SaptSelector":
+    def from_config(cls, config: dict[str, Any]) -> "SaptSelector":
         known = {"hidden_size", "hidden", "arm_lambda", "use_arm", "num_tasks", "live_task", "num_pseudo_samples",
                  "selection_lambda"}
         unknown = sorted(set(config) - known)
@@ -308,21 +278,6 @@ class SaptSelector(TaskSelector):
         if "hidden_size" not in config:
             raise ValueError("SaptSelector config lacks 'hidden_size'")
         return cls(**config)
-
-    @classmethod
-    def for_model(
-        cls, model: "ConPetModel", hidden: int = 100, arm_lambda: float = DEFAULT_ARM_LAMBDA, use_arm: bool = True,
-        selection_lambda: float = DEFAULT_SELECTION_LAMBDA,
-    ) -> "SaptSelector":
-        """A fresh selector sized to the base model's input embeddings; attach before the first task."""
-        if model.num_tasks:
-            raise ValueError(
-                f"The model already has {model.num_tasks} tasks: a SAPT selector learns its keys with its "
-                "tasks, so attach it before the first add_task"
-            )
-        hidden_size = model.get_base_model().get_input_embeddings().embedding_dim
-        return cls(hidden_size=hidden_size, hidden=hidden, arm_lambda=arm_lambda, use_arm=use_arm,
-                   selection_lambda=selection_lambda).to(model._device)
 
     def extra_repr(self) -> str:
         return f"tasks={self.num_tasks}, d={self.hidden_size}, hidden={self.hidden}, arm_lambda={self.arm_lambda:g}, use_arm={self.use_arm}, selection_lambda={self.selection_lambda:g}"
