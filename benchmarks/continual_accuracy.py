@@ -36,6 +36,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, TrainingArguments
 
 from hf_conpet import ConPetConfig, ConPetModelForCausalLM
 from hf_conpet.data import TaskStream
+from hf_conpet.methods import config_selector
 from hf_conpet.metrics import ContinualMetrics
 from hf_conpet.default_model import DEFAULT_DATA_DIR, DEFAULT_TASKS, resolve_base_model
 from hf_conpet.trainer import ContinualTrainer
@@ -77,7 +78,7 @@ def run_method(method, args, tokenizer, base_path, single_task_scores):
     stream = TaskStream.from_dir(args.data_dir, order=args.tasks.split(","), tokenizer=tokenizer,
                                  max_train=args.max_train, seed=args.seed)
     selector_options = {}
-    if method == "conpet":
+    if method in ("conpet", "conpet_analytic"):
         selector_options = {"feature_source": args.selector_feature}
     elif method in ("sapt", "sapt_no_arm"):
         selector_options = {"selection_lambda": 1.0}  # the figures in the README were measured with it
@@ -86,7 +87,7 @@ def run_method(method, args, tokenizer, base_path, single_task_scores):
     config = ConPetConfig(
         r=args.r, lora_alpha=args.lora_alpha, target_modules=args.targets.split(","),
         new_task_init="random" if method == "oracle" else args.new_task_init,
-        selector={"conpet": "conpet", "sapt": "sapt", "sapt_no_arm": "sapt"}.get(method, "none"),
+        selector=config_selector(method),
         selector_options=selector_options, selector_learning_rate=args.selector_learning_rate,
     )
     base = AutoModelForCausalLM.from_pretrained(base_path)

@@ -81,8 +81,6 @@ DEFAULTS: dict[str, Any] = {
     "new_task_init": "previous",
 }
 
-#: The selector kind each method's ConPetConfig names (the method itself attaches the rest).
-CONFIG_SELECTOR = {"conpet": "conpet", "sapt": "sapt", "sapt_no_arm": "sapt"}
 
 
 class CliError(Exception):
@@ -465,7 +463,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     from . import ConPetConfig, ConPetModelForCausalLM
     from .data import TaskStream
-    from .methods import METHODS
+    from .methods import METHODS, config_selector
 
     output = Path(args.output or DEFAULT_OUTPUT).expanduser()
     recorded = _check_output(output, args.resume)
@@ -490,7 +488,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         config = ConPetConfig(
             r=settings["r"], lora_alpha=float(settings["lora_alpha"]), target_modules=list(settings["targets"]),
-            selector=CONFIG_SELECTOR.get(method, "none"), new_task_init=settings["new_task_init"],
+            selector=config_selector(method), new_task_init=settings["new_task_init"],
             batches_per_task=settings["max_steps_per_task"],
         )
         model = ConPetModelForCausalLM(base, config, tokenizer=tokenizer)

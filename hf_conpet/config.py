@@ -15,7 +15,7 @@ from typing import Any
 FORMAT_VERSION = 1
 """Version of the saved layout (`conpet_config.json`); bumped whenever a reader must change."""
 
-SELECTORS = ("conpet", "sapt", "none")
+SELECTORS = ("conpet", "analytic", "sapt", "none")
 REGULARIZERS = ("none", "ewc", "lwf", "olora")
 NEW_TASK_INITS = ("random", "previous")
 
@@ -61,9 +61,10 @@ class ConPetConfig:
     selector: str = field(
         default="conpet",
         metadata={
-            "help": "How an example without a task id is routed: 'conpet' (task classifier, "
-            "top-k), 'sapt' (shared attention over task keys, soft weights) or 'none' (task ids "
-            "must always be given: oracle routing)."
+            "help": "How an example without a task id is routed: 'conpet' (task classifier trained "
+            "on replay, top-k), 'analytic' (closed-form ridge router over frozen features, top-k: "
+            "keeps no examples and does not forget), 'sapt' (shared attention over task keys, soft "
+            "weights) or 'none' (task ids must always be given: oracle routing)."
         },
     )
     top_k: int = field(default=1, metadata={"help": "Tasks each example is routed to (ConPET: 1)."})

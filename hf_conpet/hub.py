@@ -257,6 +257,16 @@ def _routing_text(config: Mapping[str, Any]) -> tuple[str, str, str]:
             f"top-{top_k} task module{'s' if top_k != 1 else ''} for each input and only those answer; it is "
             "trained on replay batches that mix new and stored old examples, so it keeps recognising old tasks.",
         )
+    if selector == "analytic":
+        return (
+            f"a closed-form task router that sends every input to its top-{top_k} task module{'s' if top_k != 1 else ''}: "
+            "no task id is needed at inference.",
+            f"analytic (ridge) router, top-{top_k}",
+            "**Dynamic ConPET with an analytic router.** Each task gets its own LoRA module, frozen once the "
+            "task is learned. The router is a ridge regression from the frozen backbone's prompt features to the "
+            "task id, solved in closed form from per-task statistics: it equals a router trained on every task's "
+            "prompts at once, keeps no stored examples, and does not drift as tasks arrive.",
+        )
     if selector == "sapt":
         return (
             "a shared attention that weighs the task modules for every input: no task id is needed at inference.",
@@ -375,7 +385,7 @@ def render_model_card(
             )
     tags = list(CARD_TAGS)
     selector = str(config.get("selector") or "").lower()
-    if selector in ("conpet", "sapt"):
+    if selector in ("conpet", "analytic", "sapt"):
         tags.append(selector)
     card_data = ModelCardData(
         library_name=LIBRARY_NAME,
@@ -464,7 +474,7 @@ def render_model_card(
         example_task=example_task,
         usage_example=usage,
         example_prompt=example_prompt,
-        has_selector=bool(manifest.get("selector")) or selector in ("conpet", "sapt"),
+        has_selector=bool(manifest.get("selector")) or selector in ("conpet", "analytic", "sapt"),
     )
     return card
 

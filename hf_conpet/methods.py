@@ -33,6 +33,8 @@ METHODS: dict[str, Method] = {
     for m in (
         Method("conpet", True, "selector", selector="conpet",
                description="Dynamic ConPET: one LoRA per task + a task classifier selector (top-k)"),
+        Method("conpet_analytic", True, "selector", selector="analytic",
+               description="Dynamic ConPET with a closed-form (ridge) router over frozen features: no replay, no drift"),
         Method("sapt", True, "selector", selector="sapt",
                description="SAPT: one LoRA per task mixed by shared attention, with attentive reflection"),
         Method("sapt_no_arm", True, "selector", selector="sapt", selector_options=(("use_arm", False),),
@@ -48,6 +50,15 @@ METHODS: dict[str, Method] = {
 }
 
 SHARED_MODULE_NAME = "shared"
+
+
+def config_selector(name: str) -> str:
+    """The `ConPetConfig.selector` a method's system records: its selector kind, or 'none' for
+    methods without a routing selector (O-LoRA's sum of modules is a selector of the harness only)."""
+    from .config import SELECTORS
+
+    kind = get_method(name).selector
+    return kind if kind in SELECTORS else "none"
 
 
 def get_method(name: str) -> Method:

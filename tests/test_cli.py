@@ -116,6 +116,24 @@ def test_run_writes_a_system_metrics_card_plot_and_log(finished_run):
     assert loaded.task_names == ["alpha", "beta"] and loaded.selector is not None
 
 
+def test_run_with_the_analytic_router(one_thread, tiny_model, tiny_data, tmp_path, capsys):
+    """`--method conpet_analytic`: the closed-form router is trained, saved, described and routes."""
+    from huggingface_hub import ModelCard
+
+    output = tmp_path / "out"
+    assert cli.main(run_args(tiny_model, tiny_data, output, "--method", "conpet_analytic")) == 0
+    system = output / "model"
+    assert json.loads((system / "selector" / "config.json").read_text())["kind"] == "analytic"
+    assert json.loads((system / "conpet_config.json").read_text())["config"]["selector"] == "analytic"
+    summary = json.loads((output / "metrics.json").read_text())["summary"]
+    assert summary["selector_accuracy"] is not None
+    card = ModelCard.load(system / "README.md")
+    assert "analytic" in card.data.tags and "closed form" in card.text
+    capsys.readouterr()
+    assert cli.main(["route", str(output), "Answer yes or no.\nalpha item 3\nOutput: "]) == 0
+    assert "tasks:" in capsys.readouterr().out
+
+
 def test_eval_and_route_on_the_output(finished_run, capsys):
     output, _ = finished_run
     capsys.readouterr()

@@ -11,6 +11,7 @@ from hf_conpet import ConPetConfig, ConPetModelForCausalLM
 from hf_conpet.callback import ContinualCallback
 from hf_conpet.data import TaskStream
 from hf_conpet.evaluation import AnswerCache, evaluate_task
+from hf_conpet.methods import config_selector
 from hf_conpet.selectors import ConPetSelector
 from hf_conpet.trainer import ContinualTrainer, attach_method
 
@@ -49,10 +50,10 @@ def test_selector_growth_keeps_old_rows_bit_identical():
     assert torch.equal(selector.task_rows[:2], rows) and torch.equal(selector.task_bias[:2], bias)
 
 
-@pytest.mark.parametrize("method", ["conpet", "sapt", "sapt_no_arm", "replay", "seq_lora", "oracle", "olora"])
+@pytest.mark.parametrize("method", ["conpet", "conpet_analytic", "sapt", "sapt_no_arm", "replay", "seq_lora", "oracle", "olora"])
 def test_continual_trainer_fills_the_matrix_and_checkpoints(method, tokenizer, tmp_path):
     stream = small_stream(tokenizer)
-    model = make_model(tokenizer, selector={"conpet": "conpet", "sapt": "sapt", "sapt_no_arm": "sapt"}.get(method, "none"))
+    model = make_model(tokenizer, selector=config_selector(method))
     trainer = ContinualTrainer(model, stream, args(tmp_path), method=method, batches_per_task=3,
                                max_length=64, max_eval_examples=4, selector_steps=5, selector_batch_size=4)
     metrics = trainer.fit()
@@ -60,7 +61,7 @@ def test_continual_trainer_fills_the_matrix_and_checkpoints(method, tokenizer, t
     assert all(0.0 <= value <= 1.0 for row in metrics.matrix for value in row if value is not None)
     summary = metrics.summary()
     assert set(summary) >= {"AP", "F.Ra", "BWT", "FWT", "selector_accuracy"}
-    if method in ("conpet", "sapt", "sapt_no_arm"):
+    if method in ("conpet", "conpet_analytic", "sapt", "sapt_no_arm"):
         assert summary["selector_accuracy"] is not None and model.selector.num_tasks == 3
     expected_modules = 1 if method in ("replay", "seq_lora") else 3
     assert model.num_tasks == expected_modules

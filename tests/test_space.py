@@ -22,7 +22,7 @@ import torch  # noqa: E402
 from transformers import AutoModelForCausalLM  # noqa: E402
 
 from hf_conpet import ConPetConfig, ConPetModelForCausalLM  # noqa: E402
-from hf_conpet.selectors import ConPetSelector  # noqa: E402
+from hf_conpet.selectors import AnalyticSelector, ConPetSelector, TaskEndContext  # noqa: E402
 
 from tiny_models import randomize_live_task, tiny_byte_tokenizer, tiny_llama_for  # noqa: E402
 
@@ -105,6 +105,37 @@ def test_the_page_shows_tasks_metrics_and_the_accuracy_matrix(app, system_dir):
     assert ["AP: mean accuracy after the last task", "0.750"] in tables[1]
     images = [v for v in values if isinstance(v, dict) and str(v.get("path", "")).endswith(".png")]
     assert len(images) == 1 and Path(images[0]["path"]).read_bytes().startswith(b"\x89PNG")
+
+
+def test_an_analytic_router_system_routes_in_the_space(app, tmp_path):
+    """A system whose router was solved in closed form loads and routes like the library's route()."""
+    tokenizer = tiny_byte_tokenizer()
+    tiny_llama_for(tokenizer).save_pretrained(tmp_path / "base")
+    tokenizer.save_pretrained(tmp_path / "base")
+    model = ConPetModelForCausalLM(AutoModelForCausalLM.from_pretrained(tmp_path / "base").eval(),
+                                   ConPetConfig(selector="analytic", r=4))
+    model.selector = AnalyticSelector.for_model(model)
+    inputs = {"sst2": ["A joy to watch.", "Dull and long.", "I loved it.", "Awful acting."],
+              "agnews": ["Stocks fell today.", "The team won the cup.", "New chip released.", "Talks in Geneva."]}
+
+    def features(prompts):
+        batch = tokenizer(prompts, return_tensors="pt", padding=True)
+        return model.prompt_features(batch["input_ids"], batch["attention_mask"])
+
+    for index, (name, (instruction, labels)) in enumerate(TASKS.items()):
+        model.add_task(name, labels=labels, instruction=instruction)
+        randomize_live_task(model)
+        model.freeze_tasks()
+        prompts = [f"{instruction}\n{text}\nOutput: " for text in inputs[name]]
+        model.selector.end_task(TaskEndContext(task_index=index, train=prompts, validation=prompts[:2], memory=None,
+                                               features=features, batch_size=4, steps=0, replay_ratio=1.0, seed=index))
+    model.save_pretrained(tmp_path / "system")
+    loaded, loaded_tokenizer = app.load_system(str(tmp_path / "system"))
+    assert loaded.selector.kind == "analytic"
+    probabilities, answer, _ = app.make_predict(loaded, loaded_tokenizer)("Stocks rose.", "agnews")
+    expected = model.route([TASKS["agnews"][0] + "\nStocks rose.\nOutput: "], tokenizer=tokenizer)[0]
+    assert list(probabilities.values()) == pytest.approx(expected.tolist(), abs=1e-6)
+    assert max(probabilities, key=probabilities.get) == "agnews" and isinstance(answer, str)
 
 
 def test_missing_system_gives_a_clear_error(app, tmp_path, monkeypatch):

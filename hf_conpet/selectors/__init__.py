@@ -3,8 +3,9 @@
 They read prompt features (`hf_conpet.features`), never the model.
 """
 
+from .analytic import AnalyticSelector
 from .base import SELECTOR_CLASSES, SumSelector, TaskEndContext, TaskSelector
 from .conpet import ConPetSelector
 from .sapt import SaptSelector
 
-__all__ = ["SELECTOR_CLASSES", "ConPetSelector", "SaptSelector", "SumSelector", "TaskEndContext", "TaskSelector"]
+__all__ = ["SELECTOR_CLASSES", "AnalyticSelector", "ConPetSelector", "SaptSelector", "SumSelector", "TaskEndContext", "TaskSelector"]
