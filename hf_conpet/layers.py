@@ -21,6 +21,7 @@ exactly PEFT's LoRA forward.
 
 from __future__ import annotations
 
+import contextvars
 import math
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -84,20 +85,36 @@ class RoutingPlan:
 class RoutingContext:
     """The one place layers read the current plan from; set by the model around each call.
 
-    A plain shared object rather than forward hooks: the model says explicitly, in one `with`
-    block, which plan holds for the call it makes.
+    The plan belongs to the call, not to the model: it is held in a `contextvars.ContextVar`, so
+    calls made at the same time from several threads (a server), from asyncio tasks, or by the
+    replicas `nn.DataParallel` runs in its own threads each see only the plan of the call they are
+    in, and a selector's feature pass (`use(None)`) hides no other call's plan. Not forward hooks:
+    the model says explicitly, in one `with` block, which plan holds for the call it makes.
     """
 
     def __init__(self) -> None:
-        self.plan: RoutingPlan | None = None
+        self._plan: contextvars.ContextVar[RoutingPlan | None] = contextvars.ContextVar("hf_conpet_routing_plan", default=None)
+
+    @property
+    def plan(self) -> RoutingPlan | None:
+        return self._plan.get()
 
     @contextmanager
     def use(self, plan: RoutingPlan | None):
-        previous, self.plan = self.plan, plan
+        token = self._plan.set(plan)
         try:
             yield plan
         finally:
-            self.plan = previous
+            self._plan.reset(token)
+
+    def __deepcopy__(self, memo) -> "RoutingContext":
+        return RoutingContext()  # a copied model routes its own calls
+
+    def __getstate__(self) -> dict:
+        return {}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__()
 
 
 class TaskStackedLoraLinear(nn.Module):
@@ -135,8 +152,9 @@ class TaskStackedLoraLinear(nn.Module):
     def add_task(self, init_from: int | None = None) -> None:
         """Freeze the live task (if any) and open a new one at index `num_tasks`."""
         self.freeze_live()
-        A = torch.empty(self.r, self.in_features, device=self.frozen_lora_A.device)
-        B = torch.zeros(self.out_features, self.r, device=self.frozen_lora_B.device)
+        like = {"device": self.frozen_lora_A.device, "dtype": self.frozen_lora_A.dtype}  # beside the stacks
+        A = torch.empty(self.r, self.in_features, **like)
+        B = torch.zeros(self.out_features, self.r, **like)
         if init_from is None:
             nn.init.kaiming_uniform_(A, a=math.sqrt(5))  # PEFT's LoRA default
         else:

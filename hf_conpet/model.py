@@ -208,7 +208,8 @@ class ConPetModel(PeftModel):
     ) -> RoutingPlan:
         """Turn task ids, explicit weights or the selector's verdict into one plan for the batch."""
         if routing_plan is not None:
-            return routing_plan
+            return self._checked_plan(routing_plan, batch_size if batch_size is not None else
+                                      (input_ids.shape[0] if input_ids is not None else None))
         if self.num_tasks == 0:
             raise RoutingError("The model has no tasks yet: call add_task(...) first")
         if batch_size is None and input_ids is not None:
@@ -244,6 +245,20 @@ class ConPetModel(PeftModel):
         if input_ids is None:
             raise RoutingError("The selector routes from input_ids; none were given")
         return self.selector.plan(self.selector_features(input_ids, attention_mask), self.conpet_config.top_k)
+
+    def _checked_plan(self, plan: RoutingPlan, batch_size: int | None) -> RoutingPlan:
+        """A plan given from outside, checked once per call (the layers never clamp or guess)."""
+        if batch_size is not None and batch_size % plan.batch_size:
+            raise RoutingError(f"The routing plan is for a batch of {plan.batch_size} examples, the call has {batch_size}")
+        width = plan.weights.shape[-1]
+        if plan.indices is None and width != self.num_tasks:
+            raise RoutingError(f"The routing plan weighs {width} tasks but {self.num_tasks} are registered")
+        if plan.indices is not None and plan.indices.numel() and (int(plan.indices.min()) < 0 or int(plan.indices.max()) >= self.num_tasks):
+            raise RoutingError(
+                f"The routing plan names task indices in [{int(plan.indices.min())}, {int(plan.indices.max())}] "
+                f"but only {self.num_tasks} tasks are registered (0..{self.num_tasks - 1})"
+            )
+        return plan
 
     def route(self, inputs, tokenizer=None) -> torch.Tensor:
         """Per-example task probabilities [batch, T] from the selector, for texts or input ids."""

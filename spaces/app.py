@@ -20,7 +20,6 @@ import os
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 import tempfile  # noqa: E402
-import threading  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any, Mapping  # noqa: E402
 
@@ -179,10 +178,8 @@ def make_predict(model, tokenizer, max_new_tokens: int | None = None, max_length
     collate = CausalLMGenerationCollator(tokenizer, max_length=max_length)  # the encoding eval uses
     budget = max_new_tokens or _answer_budget(model, tokenizer)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    # The routing plan lives in one context shared by every layer: two requests at once (click and
-    # Enter are separate events, each with its own queue) must not interleave their plans.
-    lock = threading.Lock()
-
+    # No lock: each call's routing plan is its own (a ContextVar), so two requests at once (click and
+    # Enter are separate events, each with its own queue) cannot see each other's plans.
     def predict(text: str, instruction: str | None):
         if not (text or "").strip():
             raise gr.Error("Type an input first.")
@@ -192,8 +189,7 @@ def make_predict(model, tokenizer, max_new_tokens: int | None = None, max_length
         inputs = {"input_ids": batch["input_ids"].to(device), "attention_mask": batch["attention_mask"].to(device)}
         routing: dict[str, Any] = {}
         if model.selector is not None:
-            with lock:
-                probabilities = model.route(inputs)[0].tolist()
+            probabilities = model.route(inputs)[0].tolist()
         elif model.num_tasks == 1 or (instruction and instruction != NO_INSTRUCTION):
             # No selector (trained with task ids): the only task, or the one whose instruction was picked.
             index = 0 if model.num_tasks == 1 else model.task_index(instruction)
@@ -201,7 +197,7 @@ def make_predict(model, tokenizer, max_new_tokens: int | None = None, max_length
             probabilities = [float(i == index) for i in range(model.num_tasks)]
         else:
             raise gr.Error("This system has no selector (it was trained with task ids): pick a task's instruction.")
-        with lock, torch.no_grad():
+        with torch.no_grad():
             generated = model.generate(**inputs, **routing, max_new_tokens=budget, do_sample=False, pad_token_id=pad)
         new_tokens = generated[:, inputs["input_ids"].shape[1]:]
         # The first line is the answer, as evaluation reads it; splitlines also ends it at "\r" (which
