@@ -321,23 +321,46 @@ class ConPetModel(PeftModel):
         """Run the base model with each example routed to its own task module(s).
 
         In training, a selector that learns jointly with the task module (SAPT) supplies the plan
-        and an auxiliary loss; otherwise task ids route (teacher forcing), as in ConPET.
+        and an auxiliary loss; otherwise task ids route (teacher forcing), as in ConPET. The
+        auxiliary and regulariser terms are added to every loss the model returns, weighted by this
+        micro-batch's share of `num_items_in_batch` (what the Trainer passes under gradient
+        accumulation), so an optimizer step counts each of them once, however it is accumulated.
         """
         batch_size = _batch_size(input_ids, kwargs.get("inputs_embeds"))
+        labels, num_items = kwargs.get("labels"), kwargs.get("num_items_in_batch")
         auxiliary_loss = None
         if self.training and self.selector is not None and self.selector.routes_in_training and routing_weights is None:
-            prompt_mask = self.prompt_mask(input_ids, attention_mask, kwargs.get("labels"))
+            prompt_mask = self.prompt_mask(input_ids, attention_mask, labels)
             plan, auxiliary_loss = self.selector.training_plan(self.selector_features(input_ids, prompt_mask), task_ids)
         else:
             plan = self.routing_plan(input_ids, attention_mask, task_ids, routing_weights, batch_size, routing_plan)
         with self.routing.use(plan):
-            output = self.base_model(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
-        if getattr(output, "loss", None) is not None:
-            if auxiliary_loss is not None:
-                output.loss = output.loss + auxiliary_loss
-            if self.training and self.regularizer is not None:
-                output.loss = output.loss + self.regularizer.penalty(self)
+            output = self.base_model(input_ids=input_ids, attention_mask=attention_mask, **self._base_kwargs(kwargs))
+        loss = self._task_loss(output, labels, num_items)
+        if loss is not None and self.training:
+            extra = [auxiliary_loss, self.regularizer.penalty(self) if self.regularizer is not None else None]
+            extra = [term for term in extra if term is not None]
+            if extra:
+                loss = loss + self._micro_batch_share(labels, num_items) * sum(extra)
+        if loss is not None:
+            output.loss = loss
         return output
+
+    def _base_kwargs(self, kwargs: dict) -> dict:
+        """What the base model's own forward receives (its loss included)."""
+        return kwargs
+
+    def _task_loss(self, output, labels, num_items) -> torch.Tensor | None:
+        """The task loss; the base model computed it (normalised by `num_items_in_batch` when given)."""
+        return getattr(output, "loss", None)
+
+    def _micro_batch_share(self, labels, num_items) -> float | torch.Tensor:
+        """This micro-batch's share of the optimizer step's label items (1 without accumulation),
+        counted as the Trainer counts them (causal LMs predict from the second position on)."""
+        if labels is None or num_items is None:
+            return 1.0
+        counted = labels[..., 1:] if self.task_type == "causal_lm" else labels
+        return counted.ne(-100).sum().to(torch.float32) / torch.as_tensor(num_items, dtype=torch.float32, device=labels.device)
 
     def prompt_mask(self, input_ids, attention_mask=None, labels=None) -> torch.Tensor:
         """Which input tokens are prompt: what a selector may look at (never the answer).
@@ -617,12 +640,17 @@ class ConPetModelForSequenceClassification(ConPetModel):
     def label_offset(self, task: str | int) -> int:
         return self.head.label_offset(task if isinstance(task, int) else self.task_index(task))
 
-    def forward(self, input_ids=None, attention_mask=None, task_ids=None, routing_weights=None, routing_plan=None, labels=None, **kwargs):
-        kwargs.pop("num_items_in_batch", None)
-        output = super().forward(input_ids, attention_mask, task_ids, routing_weights, routing_plan, **kwargs)
-        if labels is not None:
-            output.loss = nn.functional.cross_entropy(output.logits.float(), labels.to(output.logits.device).view(-1))
-        return output
+    def _base_kwargs(self, kwargs: dict) -> dict:
+        # the base model's own loss assumes its original num_labels: the loss is computed here
+        return {k: v for k, v in kwargs.items() if k not in ("labels", "num_items_in_batch")}
+
+    def _task_loss(self, output, labels, num_items) -> torch.Tensor | None:
+        if labels is None:
+            return None
+        logits, targets = output.logits.float(), labels.to(output.logits.device).view(-1)
+        if num_items is None:
+            return nn.functional.cross_entropy(logits, targets)
+        return nn.functional.cross_entropy(logits, targets, reduction="sum") / torch.as_tensor(num_items, device=logits.device)
 
     def _add_task_head(self, task: TaskInfo) -> None:
         if not task.labels:
