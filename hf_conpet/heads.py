@@ -21,6 +21,8 @@ UNSELECTED_LOGIT = -100.0
 class TaskStackedHead(nn.Module):
     def __init__(self, base_head: nn.Linear, routing: RoutingContext):
         super().__init__()
+        self.base_head = base_head  # the base model's own classifier: what `disable_adapter()` answers with
+        self.base_head.requires_grad_(False)
         self.in_features = base_head.in_features
         self.has_bias = base_head.bias is not None
         self.routing = routing
@@ -90,7 +92,19 @@ class TaskStackedHead(nn.Module):
                 self.live_head_bias.copy_(bias)
         self.freeze_live()
 
+    def task_linear(self, index: int) -> nn.Linear:
+        """Task `index`'s head as a plain `nn.Linear` over its own labels (for a merged model)."""
+        weight, bias = self.task_state(index)
+        linear = nn.Linear(self.in_features, weight.shape[0], bias=self.has_bias, device=weight.device, dtype=weight.dtype)
+        with torch.no_grad():
+            linear.weight.copy_(weight)
+            if self.has_bias:
+                linear.bias.copy_(bias)
+        return linear
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.routing.adapters_disabled:
+            return self.base_head(x)
         weight, bias = self.frozen_head_weight, self.frozen_head_bias
         if self.live_head_weight is not None:
             live_bias = self.live_head_bias if self.has_bias else torch.zeros_like(self.live_head_weight[:, 0])

@@ -94,10 +94,24 @@ class RoutingContext:
 
     def __init__(self) -> None:
         self._plan: contextvars.ContextVar[RoutingPlan | None] = contextvars.ContextVar("hf_conpet_routing_plan", default=None)
+        self._disabled: contextvars.ContextVar[bool] = contextvars.ContextVar("hf_conpet_adapters_disabled", default=False)
 
     @property
     def plan(self) -> RoutingPlan | None:
         return self._plan.get()
+
+    @property
+    def adapters_disabled(self) -> bool:
+        """True inside `disabled()`: calls made there run the base model alone (PEFT's `disable_adapter`)."""
+        return self._disabled.get()
+
+    @contextmanager
+    def disabled(self):
+        token = self._disabled.set(True)
+        try:
+            yield
+        finally:
+            self._disabled.reset(token)
 
     @contextmanager
     def use(self, plan: RoutingPlan | None):

@@ -13,7 +13,9 @@ else (`print_trainable_parameters`, attribute forwarding, `get_base_model`, Trai
 
 from __future__ import annotations
 
+import copy
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -127,7 +129,6 @@ class ConPetModel(PeftModel):
         self.special_peft_forward_args = set()
         self._is_prompt_learning = False
         self._peft_config = None
-        self._adapters_disabled = False
 
     # ----- tasks ------------------------------------------------------------------------------
     @property
@@ -328,6 +329,9 @@ class ConPetModel(PeftModel):
         """
         batch_size = _batch_size(input_ids, kwargs.get("inputs_embeds"))
         labels, num_items = kwargs.get("labels"), kwargs.get("num_items_in_batch")
+        if self.routing.adapters_disabled:  # the base model alone, its own loss included
+            with self.routing.use(None):
+                return self.get_base_model()(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
         auxiliary_loss = None
         if self.training and self.selector is not None and self.selector.routes_in_training and routing_weights is None:
             prompt_mask = self.prompt_mask(input_ids, attention_mask, labels)
@@ -376,7 +380,10 @@ class ConPetModel(PeftModel):
     def generate(self, input_ids=None, attention_mask=None, task_ids=None, routing_weights=None, routing_plan=None, **kwargs):
         """Route once on the prompt; every decoding step (KV cache on) keeps those weights."""
         batch_size = _batch_size(input_ids, kwargs.get("inputs_embeds"))
-        plan = self.routing_plan(input_ids, attention_mask, task_ids, routing_weights, batch_size, routing_plan)
+        if self.routing.adapters_disabled:
+            plan = None
+        else:
+            plan = self.routing_plan(input_ids, attention_mask, task_ids, routing_weights, batch_size, routing_plan)
         with self.routing.use(plan):
             return self.base_model.model.generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
 
@@ -387,6 +394,82 @@ class ConPetModel(PeftModel):
     def active_peft_config(self) -> LoraConfig:
         """The LoRA config every task shares (PEFT asks for "the active adapter's" config)."""
         return self._lora_config()
+
+    # ----- the PeftModel contract ----------------------------------------------------------------
+    @property
+    def _adapters_disabled(self) -> bool:  # what PeftModel's own properties read
+        return self.routing.adapters_disabled
+
+    @contextmanager
+    def disable_adapter(self):
+        """Inside the block, calls run the base model alone: no task module, no selector, the base
+        model's own head and loss (PEFT's meaning; TRL computes reference outputs this way). Per call,
+        like routing: another thread's calls are not affected."""
+        with self.routing.disabled():
+            yield
+
+    def merge_task(self, name: str) -> nn.Module:
+        """A plain transformers model answering as task `name`: its LoRA merged into the base weights
+        (W + scaling * B A) and, for classification, its head as the classifier. A copy: this system
+        is unchanged. Its outputs equal this model's routed to `name`."""
+        index = self.task_index(name)
+        merged = self._unwrapped_copy(index)
+        merged.config.hf_conpet_task = name
+        return merged
+
+    def unload(self) -> nn.Module:
+        """A copy of the base model with every task module removed (PEFT's `unload`)."""
+        return self._unwrapped_copy(None)
+
+    def merge_and_unload(self, *args, **kwargs) -> nn.Module:
+        """PEFT's merge of *the* adapter; here only when the system has one task (else `merge_task`)."""
+        if self.num_tasks != 1:
+            raise ValueError(
+                f"This system has {self.num_tasks} task modules, one per task and routed per input; merging them "
+                "all into the base weights would answer every input with their sum. Call merge_task(name) for "
+                f"one task's plain model (tasks: {self.task_names}), or unload() for the base model"
+            )
+        return self.merge_task(self.task_names[0])
+
+    def get_model_status(self):
+        raise NotImplementedError(
+            "get_model_status() describes PEFT's named adapters; an hf_conpet system has one module per task: "
+            "see model.task_names, model.manifest() and model.print_trainable_parameters()"
+        )
+
+    def get_layer_status(self):
+        raise NotImplementedError(
+            "get_layer_status() describes PEFT's named adapters; every LoRA'd layer here holds all tasks: "
+            "see model.base_model.lora_layers() (each layer's num_tasks) and model.task_names"
+        )
+
+    def _unwrapped_copy(self, index: int | None) -> nn.Module:
+        """A deep copy of the base model whose wrapped layers are plain again; task `index` merged in."""
+        base = self.get_base_model()
+        skip = {}  # the stacks of every task need not be copied
+        for layer in self.base_model.lora_layers().values():
+            for tensor in (layer.frozen_lora_A, layer.frozen_lora_B, layer.live_lora_A, layer.live_lora_B):
+                if tensor is not None:
+                    skip[id(tensor)] = None
+        copied = copy.deepcopy(base, memo=skip)
+        for path, layer in self.base_model.lora_layers().items():
+            linear = copied.get_submodule(path).base_layer
+            if index is not None:
+                if not isinstance(linear.weight, nn.Parameter) or not linear.weight.dtype.is_floating_point or type(linear) is not nn.Linear:
+                    raise ValueError(f"Cannot merge into {path}: its base layer ({type(linear).__name__}, "
+                                     f"{linear.weight.dtype}) is not a plain floating-point nn.Linear (a quantized base?)")
+                A, B = layer.task_weights(index)
+                with torch.no_grad():
+                    linear.weight += (layer.scaling * (B.detach().float() @ A.detach().float())).to(linear.weight)
+            parent_path, _, child = path.rpartition(".")
+            setattr(copied.get_submodule(parent_path) if parent_path else copied, child, linear)
+        self._unwrap_heads(copied, index)
+        for parameter in copied.parameters():
+            parameter.requires_grad_(False)
+        return copied
+
+    def _unwrap_heads(self, copied: nn.Module, index: int | None) -> None:
+        pass
 
     # ----- PEFT methods that do not apply ----------------------------------------------------
     def add_adapter(self, *args, **kwargs):
@@ -639,6 +722,17 @@ class ConPetModelForSequenceClassification(ConPetModel):
 
     def label_offset(self, task: str | int) -> int:
         return self.head.label_offset(task if isinstance(task, int) else self.task_index(task))
+
+    def _unwrap_heads(self, copied: nn.Module, index: int | None) -> None:
+        stacked = getattr(copied, self.classifier_name)
+        if index is None:
+            setattr(copied, self.classifier_name, stacked.base_head)
+            return
+        setattr(copied, self.classifier_name, self.head.task_linear(index))
+        labels = self.tasks[index].labels
+        copied.config.num_labels = len(labels)
+        copied.config.id2label = dict(enumerate(labels))
+        copied.config.label2id = {label: i for i, label in enumerate(labels)}
 
     def _base_kwargs(self, kwargs: dict) -> dict:
         # the base model's own loss assumes its original num_labels: the loss is computed here
