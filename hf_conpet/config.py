@@ -94,6 +94,13 @@ class ConPetConfig:
             "within a few dozen steps needs a larger one than the LoRA weights."
         },
     )
+    autocast_adapter_dtype: bool = field(
+        default=True,
+        metadata={
+            "help": "As PEFT: under a bf16/fp16 base, create task modules in fp32 (True) or in the base "
+            "dtype (False). `model.to(dtype)` later moves every module to that dtype either way."
+        },
+    )
     selector_options: dict[str, Any] = field(
         default_factory=dict,
         metadata={"help": "Selector-specific settings (hidden size, temperature, ARM lambda, ...)."},

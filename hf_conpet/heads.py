@@ -19,7 +19,7 @@ UNSELECTED_LOGIT = -100.0
 
 
 class TaskStackedHead(nn.Module):
-    def __init__(self, base_head: nn.Linear, routing: RoutingContext):
+    def __init__(self, base_head: nn.Linear, routing: RoutingContext, dtype: torch.dtype = torch.float32):
         super().__init__()
         self.base_head = base_head  # the base model's own classifier: what `disable_adapter()` answers with
         self.base_head.requires_grad_(False)
@@ -27,8 +27,8 @@ class TaskStackedHead(nn.Module):
         self.has_bias = base_head.bias is not None
         self.routing = routing
         device = base_head.weight.device
-        self.register_buffer("frozen_head_weight", torch.zeros(0, self.in_features, device=device))
-        self.register_buffer("frozen_head_bias", torch.zeros(0, device=device))
+        self.register_buffer("frozen_head_weight", torch.zeros(0, self.in_features, device=device, dtype=dtype))
+        self.register_buffer("frozen_head_bias", torch.zeros(0, device=device, dtype=dtype))
         self.register_buffer("label_task", torch.zeros(0, dtype=torch.long, device=device))
         self.register_parameter("live_head_weight", None)
         self.register_parameter("live_head_bias", None)
@@ -46,11 +46,11 @@ class TaskStackedHead(nn.Module):
         if num_labels < 1:
             raise ValueError("A classification task needs at least one label")
         self.freeze_live()
-        weight = torch.empty(num_labels, self.in_features, device=self.frozen_head_weight.device)
+        weight = torch.empty(num_labels, self.in_features, device=self.frozen_head_weight.device, dtype=self.frozen_head_weight.dtype)
         nn.init.kaiming_uniform_(weight, a=math.sqrt(5))  # nn.Linear's default
         bound = 1 / math.sqrt(self.in_features)
         self.live_head_weight = nn.Parameter(weight)
-        self.live_head_bias = nn.Parameter(torch.empty(num_labels, device=weight.device).uniform_(-bound, bound)) if self.has_bias else None
+        self.live_head_bias = nn.Parameter(torch.empty(num_labels, device=weight.device, dtype=weight.dtype).uniform_(-bound, bound)) if self.has_bias else None
         task_index = len(self.label_counts)
         self.label_counts.append(num_labels)
         self.label_task = torch.cat([self.label_task, torch.full((num_labels,), task_index, dtype=torch.long, device=self.label_task.device)])
@@ -58,7 +58,7 @@ class TaskStackedHead(nn.Module):
     def freeze_live(self) -> None:
         if self.live_head_weight is None:
             return
-        bias = self.live_head_bias if self.has_bias else torch.zeros(self.live_head_weight.shape[0], device=self.live_head_weight.device)
+        bias = self.live_head_bias if self.has_bias else torch.zeros_like(self.live_head_weight[:, 0])
         self.frozen_head_weight = torch.cat([self.frozen_head_weight, self.live_head_weight.detach()])
         self.frozen_head_bias = torch.cat([self.frozen_head_bias, bias.detach()])
         self.live_head_weight = None

@@ -134,7 +134,8 @@ class RoutingContext:
 class TaskStackedLoraLinear(nn.Module):
     """An `nn.Linear` plus one LoRA per task, stacked, routed per example."""
 
-    def __init__(self, base_layer: nn.Linear, r: int, lora_alpha: float, lora_dropout: float, routing: RoutingContext):
+    def __init__(self, base_layer: nn.Linear, r: int, lora_alpha: float, lora_dropout: float, routing: RoutingContext,
+                 adapter_dtype: torch.dtype = torch.float32):
         super().__init__()
         if not isinstance(base_layer, nn.Linear):
             raise TypeError(f"TaskStackedLoraLinear wraps nn.Linear, got {type(base_layer).__name__}")
@@ -144,7 +145,7 @@ class TaskStackedLoraLinear(nn.Module):
         self.lora_dropout = nn.Dropout(lora_dropout) if lora_dropout > 0 else nn.Identity()
         self.routing = routing
         in_f, out_f = base_layer.in_features, base_layer.out_features
-        factory = {"device": base_layer.weight.device, "dtype": torch.float32}
+        factory = {"device": base_layer.weight.device, "dtype": adapter_dtype}
         self.register_buffer("frozen_lora_A", torch.zeros(0, r, in_f, **factory))
         self.register_buffer("frozen_lora_B", torch.zeros(0, out_f, r, **factory))
         self.register_parameter("live_lora_A", None)

@@ -76,8 +76,10 @@ class TaskStackedLoraModel(nn.Module):
         for path in self.target_paths:
             parent_path, _, child = path.rpartition(".")
             parent = model.get_submodule(parent_path) if parent_path else model
+            linear = getattr(parent, child)
             setattr(parent, child, TaskStackedLoraLinear(
-                getattr(parent, child), config.r, config.lora_alpha, config.lora_dropout, routing
+                linear, config.r, config.lora_alpha, config.lora_dropout, routing,
+                adapter_dtype=adapter_dtype(linear.weight.dtype, config.autocast_adapter_dtype),
             ))
 
     def lora_layers(self) -> dict[str, TaskStackedLoraLinear]:
@@ -711,7 +713,9 @@ class ConPetModelForSequenceClassification(ConPetModel):
         for name in self.classifier_names:
             if isinstance(getattr(model, name, None), nn.Linear):
                 self.classifier_name = name
-                setattr(model, name, TaskStackedHead(getattr(model, name), self.routing))
+                head = getattr(model, name)
+                dtype = adapter_dtype(head.weight.dtype, self.conpet_config.autocast_adapter_dtype)
+                setattr(model, name, TaskStackedHead(head, self.routing, dtype=dtype))
                 break
         else:
             raise ValueError(f"{type(model).__name__} has no nn.Linear classifier named one of {self.classifier_names}")
@@ -780,6 +784,14 @@ MODEL_CLASSES: dict[str, type[ConPetModel]] = {
 
 
 # ----- helpers: manifest, base model identity, selector loading -------------------------------
+def adapter_dtype(base_dtype: torch.dtype, autocast: bool) -> torch.dtype:
+    """PEFT's rule: adapters of a bf16/fp16 base are kept in fp32 unless `autocast_adapter_dtype=False`
+    (then in the base dtype); a quantized or integer base always gets fp32 adapters."""
+    if not base_dtype.is_floating_point or (autocast and base_dtype in (torch.bfloat16, torch.float16)):
+        return torch.float32
+    return base_dtype
+
+
 def _batch_size(input_ids, inputs_embeds) -> int | None:
     if input_ids is not None:
         return input_ids.shape[0]
