@@ -111,7 +111,7 @@ class TaskStackedHead(nn.Module):
             weight = torch.cat([weight, self.live_head_weight])
             bias = torch.cat([bias, live_bias])
         logits = x.to(weight.dtype) @ weight.T + bias
-        plan = self.routing.plan
+        plan = self.routing.plan_on(logits.device)
         if plan is None:
             return logits
         plan = plan.for_batch(x.shape[0])

@@ -64,6 +64,9 @@ class RoutingPlan:
         rows = rows.to(self.weights.device)
         return RoutingPlan(weights=self.weights[rows], indices=None if self.indices is None else self.indices[rows])
 
+    def to(self, device: torch.device) -> "RoutingPlan":
+        return RoutingPlan(weights=self.weights.to(device), indices=None if self.indices is None else self.indices.to(device))
+
     def for_batch(self, batch_size: int) -> "RoutingPlan":
         """The plan for a batch that generation expanded (beams, num_return_sequences).
 
@@ -93,12 +96,23 @@ class RoutingContext:
     """
 
     def __init__(self) -> None:
-        self._plan: contextvars.ContextVar[RoutingPlan | None] = contextvars.ContextVar("hf_conpet_routing_plan", default=None)
+        # (plan, {device: the plan moved there}): a model split over devices moves it once per device per call
+        self._call: contextvars.ContextVar[tuple[RoutingPlan | None, dict]] = contextvars.ContextVar(
+            "hf_conpet_routing_plan", default=(None, {}))
         self._disabled: contextvars.ContextVar[bool] = contextvars.ContextVar("hf_conpet_adapters_disabled", default=False)
 
     @property
     def plan(self) -> RoutingPlan | None:
-        return self._plan.get()
+        return self._call.get()[0]
+
+    def plan_on(self, device: torch.device) -> RoutingPlan | None:
+        """The call's plan on `device` (each layer reads it where its weights are: `device_map` splits)."""
+        plan, moved = self._call.get()
+        if plan is None or plan.weights.device == device:
+            return plan
+        if device not in moved:
+            moved[device] = plan.to(device)
+        return moved[device]
 
     @property
     def adapters_disabled(self) -> bool:
@@ -115,11 +129,11 @@ class RoutingContext:
 
     @contextmanager
     def use(self, plan: RoutingPlan | None):
-        token = self._plan.set(plan)
+        token = self._call.set((plan, {}))
         try:
             yield plan
         finally:
-            self._plan.reset(token)
+            self._call.reset(token)
 
     def __deepcopy__(self, memo) -> "RoutingContext":
         return RoutingContext()  # a copied model routes its own calls
@@ -220,7 +234,7 @@ class TaskStackedLoraLinear(nn.Module):
     # ----- forward ----------------------------------------------------------------------------
     def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         result = self.base_layer(x, *args, **kwargs)
-        plan = self.routing.plan
+        plan = self.routing.plan_on(self.frozen_lora_A.device)
         if plan is None or self.num_tasks == 0:
             return result
         plan = plan.for_batch(x.shape[0])
