@@ -10,7 +10,7 @@ from transformers import Trainer, TrainingArguments
 
 from hf_conpet import ConPetConfig, ConPetModelForCausalLM, ConPetModelForSequenceClassification
 
-from tiny_models import VOCAB, randomize_live_task, tiny_bert, tiny_llama
+from tiny_models import VOCAB, CausalLMRows, randomize_live_task, tiny_bert, tiny_llama
 
 HALF = [torch.bfloat16, torch.float16]
 TOLERANCE = {torch.bfloat16: 3e-2, torch.float16: 5e-3}  # of the logits' scale
@@ -38,21 +38,6 @@ def test_adapters_of_a_half_precision_base_follow_autocast_adapter_dtype(dtype, 
     assert heads.head.live_head_weight.dtype == heads.head.frozen_head_weight.dtype == expected
 
 
-class Rows(torch.utils.data.Dataset):
-    def __init__(self, n=16, seed=0):
-        generator = torch.Generator().manual_seed(seed)
-        self.ids = torch.randint(3, VOCAB, (n, 8), generator=generator)
-
-    def __len__(self):
-        return len(self.ids)
-
-    def __getitem__(self, index):
-        labels = self.ids[index].clone()
-        labels[:5] = -100
-        return {"input_ids": self.ids[index], "attention_mask": torch.ones(8, dtype=torch.long), "labels": labels,
-                "task_ids": torch.tensor(1)}
-
-
 @pytest.mark.parametrize("dtype", HALF)
 def test_to_dtype_add_task_train_save_load_equals_plain_peft(dtype, tmp_path):
     base = tiny_llama()
@@ -70,7 +55,7 @@ def test_to_dtype_add_task_train_save_load_equals_plain_peft(dtype, tmp_path):
         use_cpu=True, bf16=dtype == torch.bfloat16, remove_unused_columns=False, save_strategy="no",
         logging_strategy="no", disable_tqdm=True,
     )
-    Trainer(model=model, args=args, train_dataset=Rows()).train()
+    Trainer(model=model, args=args, train_dataset=CausalLMRows(16, task_id=1)).train()
     assert not torch.equal(layer.live_lora_B.detach(), before)  # it trained
     model.eval().save_pretrained(tmp_path / "system")
     saved = model.base_model.lora_layers()

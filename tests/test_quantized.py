@@ -10,7 +10,7 @@ from transformers import AutoModelForCausalLM, Trainer, TrainingArguments
 
 from hf_conpet import ConPetConfig, ConPetModelForCausalLM
 
-from tiny_models import VOCAB, randomize_live_task
+from tiny_models import VOCAB, CausalLMRows, randomize_live_task
 
 bnb = pytest.importorskip("bitsandbytes")
 from transformers import BitsAndBytesConfig  # noqa: E402
@@ -20,21 +20,6 @@ QUANTIZATION = {
     "8bit": lambda: BitsAndBytesConfig(load_in_8bit=True),
 }
 pytestmark = pytest.mark.filterwarnings("ignore:MatMul8bitLt")
-
-
-class Rows(torch.utils.data.Dataset):
-    def __init__(self, task, n=8):
-        self.ids = torch.randint(3, VOCAB, (n, 8), generator=torch.Generator().manual_seed(task))
-        self.task = task
-
-    def __len__(self):
-        return len(self.ids)
-
-    def __getitem__(self, index):
-        labels = self.ids[index].clone()
-        labels[:5] = -100
-        return {"input_ids": self.ids[index], "attention_mask": torch.ones(8, dtype=torch.long), "labels": labels,
-                "task_ids": torch.tensor(self.task)}
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +52,7 @@ def test_a_quantized_base_takes_tasks_trains_saves_and_reloads(bits, base_dir, t
         args = TrainingArguments(str(tmp_path / f"run{task}"), per_device_train_batch_size=4, max_steps=2, learning_rate=1e-2,
                                  report_to=[], use_cpu=True, remove_unused_columns=False, save_strategy="no",
                                  logging_strategy="no", disable_tqdm=True)
-        Trainer(model=model, args=args, train_dataset=Rows(task)).train()
+        Trainer(model=model, args=args, train_dataset=CausalLMRows(8, task_id=task, seed=task)).train()
         assert not torch.equal(layer.live_lora_B.detach(), before)  # the adapter trained on the quantized base
         assert layer.live_lora_A.dtype == torch.float32  # adapters stay fp32 over int weights
     model.eval().save_pretrained(tmp_path / "system")

@@ -71,3 +71,20 @@ def tiny_llama_for(tokenizer, seed: int = 0):
         pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
     )
     return LlamaForCausalLM(config)
+
+
+class CausalLMRows(torch.utils.data.Dataset):
+    """Causal-LM training rows for a stock Trainer: random tokens, loss on the last ones, one task id."""
+
+    def __init__(self, n: int, task_id: int, seed: int = 0, length: int = 8, prompt_length: int = 5):
+        self.ids = torch.randint(3, VOCAB, (n, length), generator=torch.Generator().manual_seed(seed))
+        self.task_id, self.prompt_length = task_id, prompt_length
+
+    def __len__(self):
+        return len(self.ids)
+
+    def __getitem__(self, index):
+        labels = self.ids[index].clone()
+        labels[: self.prompt_length] = -100
+        return {"input_ids": self.ids[index], "attention_mask": torch.ones_like(self.ids[index]), "labels": labels,
+                "task_ids": torch.tensor(self.task_id)}

@@ -200,17 +200,6 @@ class AnalyticSelector(TaskSelector):
         }
 
     @classmethod
-    def from_config(cls, config: dict[str, Any]) -> "AnalyticSelector":
-        known = {"hidden_size", "feature_source", "feature_layer", "expansion_dim", "expansion_seed", "temperature",
-                 "max_examples_per_task", "balance_tasks", "num_tasks"}
-        unknown = sorted(set(config) - known)
-        if unknown:
-            raise ValueError(f"Unknown AnalyticSelector config keys: {unknown}; known keys are {sorted(known)}")
-        if "hidden_size" not in config:
-            raise ValueError("AnalyticSelector config lacks 'hidden_size'")
-        return cls(**config)
-
-    @classmethod
     def spec_for(cls, feature_source: str = "embeddings", feature_layer: int = -1, **options) -> FeatureSpec:
         return FeatureSpec(feature_source, feature_layer)
 

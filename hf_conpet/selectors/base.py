@@ -9,6 +9,7 @@ themselves in `SELECTOR_CLASSES` by `kind`, which is what the saved `selector/co
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -85,6 +86,16 @@ class TaskSelector(nn.Module):
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> "TaskSelector":
+        """Rebuild from `get_config()` (a saved `selector/config.json`): only the constructor's own
+        settings are accepted, and the required ones must be there, each named when it is not."""
+        parameters = inspect.signature(cls.__init__).parameters
+        known = {name for name in parameters if name != "self"}
+        unknown = sorted(set(config) - known)
+        if unknown:
+            raise ValueError(f"Unknown {cls.__name__} config keys: {unknown}; known keys are {sorted(known)}")
+        missing = sorted(name for name in known if parameters[name].default is inspect.Parameter.empty and name not in config)
+        if missing:
+            raise ValueError(f"{cls.__name__} config lacks {', '.join(repr(name) for name in missing)}")
         return cls(**config)
 
     @classmethod

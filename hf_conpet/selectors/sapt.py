@@ -268,17 +268,6 @@ class SaptSelector(TaskSelector):
             "num_pseudo_samples": int(self.reflection_tasks.numel()), "selection_lambda": self.selection_lambda,
         }
 
-    @classmethod
-    def from_config(cls, config: dict[str, Any]) -> "SaptSelector":
-        known = {"hidden_size", "hidden", "arm_lambda", "use_arm", "num_tasks", "live_task", "num_pseudo_samples",
-                 "selection_lambda"}
-        unknown = sorted(set(config) - known)
-        if unknown:
-            raise ValueError(f"Unknown SaptSelector config keys: {unknown}; known keys are {sorted(known)}")
-        if "hidden_size" not in config:
-            raise ValueError("SaptSelector config lacks 'hidden_size'")
-        return cls(**config)
-
     def extra_repr(self) -> str:
         return f"tasks={self.num_tasks}, d={self.hidden_size}, hidden={self.hidden}, arm_lambda={self.arm_lambda:g}, use_arm={self.use_arm}, selection_lambda={self.selection_lambda:g}"
 
