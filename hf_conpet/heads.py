@@ -13,6 +13,7 @@ import math
 import torch
 import torch.nn as nn
 
+from .growth import append_rows
 from .layers import RoutingContext
 
 UNSELECTED_LOGIT = -100.0
@@ -53,14 +54,14 @@ class TaskStackedHead(nn.Module):
         self.live_head_bias = nn.Parameter(torch.empty(num_labels, device=weight.device, dtype=weight.dtype).uniform_(-bound, bound)) if self.has_bias else None
         task_index = len(self.label_counts)
         self.label_counts.append(num_labels)
-        self.label_task = torch.cat([self.label_task, torch.full((num_labels,), task_index, dtype=torch.long, device=self.label_task.device)])
+        append_rows(self, "label_task", torch.full((num_labels,), task_index, dtype=torch.long))
 
     def freeze_live(self) -> None:
         if self.live_head_weight is None:
             return
         bias = self.live_head_bias if self.has_bias else torch.zeros_like(self.live_head_weight[:, 0])
-        self.frozen_head_weight = torch.cat([self.frozen_head_weight, self.live_head_weight.detach()])
-        self.frozen_head_bias = torch.cat([self.frozen_head_bias, bias.detach()])
+        append_rows(self, "frozen_head_weight", self.live_head_weight)
+        append_rows(self, "frozen_head_bias", bias)
         self.live_head_weight = None
         self.live_head_bias = None
 

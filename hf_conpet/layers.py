@@ -29,6 +29,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
+from .growth import append_rows
+
 
 @dataclass(frozen=True)
 class RoutingPlan:
@@ -196,8 +198,8 @@ class TaskStackedLoraLinear(nn.Module):
         """Move the live task into the frozen stacks (its values are kept bit for bit)."""
         if self.live_lora_A is None:
             return
-        self.frozen_lora_A = torch.cat([self.frozen_lora_A, self.live_lora_A.detach()[None]])
-        self.frozen_lora_B = torch.cat([self.frozen_lora_B, self.live_lora_B.detach()[None]])
+        append_rows(self, "frozen_lora_A", self.live_lora_A[None])
+        append_rows(self, "frozen_lora_B", self.live_lora_B[None])
         self.live_lora_A = None
         self.live_lora_B = None
 
@@ -226,10 +228,8 @@ class TaskStackedLoraLinear(nn.Module):
                 f"LoRA shapes A{tuple(A.shape)}, B{tuple(B.shape)} do not fit this layer "
                 f"(expected A{(self.r, self.in_features)}, B{(self.out_features, self.r)})"
             )
-        A = A.to(self.frozen_lora_A)
-        B = B.to(self.frozen_lora_B)
-        self.frozen_lora_A = torch.cat([self.frozen_lora_A, A[None]])
-        self.frozen_lora_B = torch.cat([self.frozen_lora_B, B[None]])
+        append_rows(self, "frozen_lora_A", A[None])
+        append_rows(self, "frozen_lora_B", B[None])
 
     # ----- forward ----------------------------------------------------------------------------
     def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:

@@ -450,7 +450,9 @@ class ConPetModel(PeftModel):
         base = self.get_base_model()
         skip = {}  # the stacks of every task need not be copied
         for layer in self.base_model.lora_layers().values():
-            for tensor in (layer.frozen_lora_A, layer.frozen_lora_B, layer.live_lora_A, layer.live_lora_B):
+            stacks = (layer.frozen_lora_A, layer.frozen_lora_B, layer.live_lora_A, layer.live_lora_B,
+                      *layer.__dict__.get("_growth_storage", {}).values())
+            for tensor in stacks:
                 if tensor is not None:
                     skip[id(tensor)] = None
         copied = copy.deepcopy(base, memo=skip)

@@ -65,9 +65,9 @@ def assert_is_the_joint_ridge(selector, order):
     # fp64 round-off: W solves the joint normal equations (A + lambda I) W = C to machine precision
     # (a backward-stable check), and matches an independent solve as far as A's conditioning allows
     identity = torch.eye(gram.shape[0], dtype=torch.float64)
-    residual = (gram + float(selector.ridge) * identity) @ selector.weights - cross
+    residual = (gram + float(selector.ridge) * identity) @ selector.weights.T - cross
     assert residual.norm() <= 1e-12 * cross.norm() * max(1.0, float(gram.norm()) / float(cross.norm()))
-    assert torch.allclose(selector.weights, expected, rtol=1e-6, atol=1e-9)
+    assert torch.allclose(selector.weights.T, expected, rtol=1e-6, atol=1e-9)
 
 
 @pytest.mark.parametrize("expansion_dim,balance_tasks", [(0, True), (16, True), (0, False)])
@@ -84,8 +84,8 @@ def test_router_equals_the_joint_ridge_solution(expansion_dim, balance_tasks):
 def test_router_is_the_same_for_any_task_order(balance_tasks):
     forward, backward = learned([0, 1, 2, 3], balance_tasks=balance_tasks), learned([3, 2, 1, 0], balance_tasks=balance_tasks)
     assert float(forward.ridge) == pytest.approx(float(backward.ridge), rel=1e-12)
-    # backward's column k is task 3 - k
-    assert torch.allclose(forward.weights, backward.weights.flip(1), rtol=1e-9, atol=1e-12)
+    # backward's row k is task 3 - k
+    assert torch.allclose(forward.weights, backward.weights.flip(0), rtol=1e-9, atol=1e-12)
     features = torch.cat([VALIDATION[t] for t in range(4)])
     assert torch.equal(forward.scores(features).argmax(-1), 3 - backward.scores(features).argmax(-1))
     # the clusters barely overlap: the router finds nearly every validation example's task
@@ -104,9 +104,9 @@ def test_no_example_is_stored_and_the_state_does_not_grow_with_examples():
     shapes = {name: tuple(t.shape) for name, t in few.state_dict().items()}
     assert shapes == {name: tuple(t.shape) for name, t in many.state_dict().items()}
     size = D + 4 + 1
-    assert shapes == {"expansion": (4, D), "autocorrelation": (size, size), "cross_correlation": (size, 2),
-                      "validation_autocorrelation": (size, size), "validation_cross_correlation": (size, 2),
-                      "weights": (size, 2), "finished": (2,), "ridge": ()}
+    assert shapes == {"expansion": (4, D), "autocorrelation": (size, size), "cross_correlation": (2, size),
+                      "validation_autocorrelation": (size, size), "validation_cross_correlation": (2, size),
+                      "weights": (2, size), "finished": (2,), "ridge": ()}
 
 
 def test_each_task_is_learned_once_and_unfinished_tasks_are_never_chosen():
@@ -226,7 +226,7 @@ def test_save_load_then_add_task_gives_the_router_of_no_round_trip(tmp_path):
                       "expansion_dim": 8, "expansion_seed": 0, "temperature": 0.1, "max_examples_per_task": None, "balance_tasks": True,
                       "num_tasks": 2}
     state = load_file(tmp_path / "system" / "selector" / "model.safetensors")
-    assert state["autocorrelation"].dtype == torch.float64 and state["weights"].shape == (41, 2)
+    assert state["autocorrelation"].dtype == torch.float64 and state["weights"].shape == (2, 41)
     loaded = ConPetModelForCausalLM.from_pretrained(tmp_path / "system", base_model=copy.deepcopy(reference))
     for key, value in model.selector.state_dict().items():
         assert torch.equal(loaded.selector.state_dict()[key], value), key

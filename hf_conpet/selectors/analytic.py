@@ -6,6 +6,8 @@ one-hot task targets on the features,
 
     W = (A + lambda I)^-1 C,    A = sum_x phi(x) phi(x)^T  [D, D],    C[:, t] = sum_{x in task t} phi(x)  [D, T],
 
+(stored one row per task, like every stack of the library: `cross_correlation` is C^T [T, D], `weights` W^T)
+
 is exactly the router that training jointly on every task's prompts would give (Any-SSR and the
 analytic-learning papers build their routers this way). Each task adds its prompts' statistics
 to A and C once, when it ends; sums do not care about order, so the router after tasks 1..T is
@@ -29,6 +31,7 @@ from typing import Any
 import torch
 
 from ..features import FeatureSpec
+from ..growth import append_rows
 from ..layers import RoutingPlan
 from .base import TaskEndContext, TaskSelector
 
@@ -78,10 +81,10 @@ class AnalyticSelector(TaskSelector):
         expansion = torch.randn(expansion_dim, hidden_size, generator=generator, dtype=torch.float64) / hidden_size ** 0.5
         self.register_buffer("expansion", expansion)
         self.register_buffer("autocorrelation", torch.zeros(size, size, dtype=torch.float64))
-        self.register_buffer("cross_correlation", torch.zeros(size, num_tasks, dtype=torch.float64))
+        self.register_buffer("cross_correlation", torch.zeros(num_tasks, size, dtype=torch.float64))
         self.register_buffer("validation_autocorrelation", torch.zeros(size, size, dtype=torch.float64))
-        self.register_buffer("validation_cross_correlation", torch.zeros(size, num_tasks, dtype=torch.float64))
-        self.register_buffer("weights", torch.zeros(size, num_tasks, dtype=torch.float64))
+        self.register_buffer("validation_cross_correlation", torch.zeros(num_tasks, size, dtype=torch.float64))
+        self.register_buffer("weights", torch.zeros(num_tasks, size, dtype=torch.float64))
         self.register_buffer("finished", torch.zeros(num_tasks, dtype=torch.bool))
         self.register_buffer("ridge", torch.tensor(DEFAULT_RIDGE, dtype=torch.float64))
 
@@ -96,18 +99,17 @@ class AnalyticSelector(TaskSelector):
 
     @property
     def num_tasks(self) -> int:
-        return self.weights.shape[1]
+        return self.weights.shape[0]
 
     @property
     def statistics_size(self) -> int:
         return self.autocorrelation.shape[0]
 
     def add_task(self) -> None:
-        """One more (empty) target column; it routes nothing until its task ends."""
+        """One more (empty) target row; it routes nothing until its task ends."""
         for name in ("cross_correlation", "validation_cross_correlation", "weights"):
-            column = getattr(self, name)
-            setattr(self, name, torch.cat([column, column.new_zeros(column.shape[0], 1)], dim=1))
-        self.finished = torch.cat([self.finished, self.finished.new_zeros(1)])
+            append_rows(self, name, torch.zeros(1, self.statistics_size))
+        append_rows(self, "finished", torch.zeros(1, dtype=torch.bool))
 
     # ----- features -> scores -----------------------------------------------------------------
     def feature_map(self, features: torch.Tensor) -> torch.Tensor:
@@ -124,7 +126,7 @@ class AnalyticSelector(TaskSelector):
 
     def scores(self, features: torch.Tensor) -> torch.Tensor:
         """[n, T] regression scores (about 1 for the predicted task); tasks not finished yet score -inf."""
-        scores = self.feature_map(features) @ self.weights
+        scores = self.feature_map(features) @ self.weights.T
         if bool(self.finished.any()):
             scores = scores.masked_fill(~self.finished, float("-inf"))
         return scores
@@ -148,18 +150,18 @@ class AnalyticSelector(TaskSelector):
         phi = self.feature_map(train_features)
         weight = 1.0 / len(phi) if self.balance_tasks else 1.0
         self.autocorrelation += weight * (phi.T @ phi)
-        self.cross_correlation[:, task_index] += weight * phi.sum(dim=0)
+        self.cross_correlation[task_index] += weight * phi.sum(dim=0)
         if validation_features is not None and len(validation_features):
             phi = self.feature_map(validation_features)
             weight = 1.0 / len(phi) if self.balance_tasks else 1.0
             self.validation_autocorrelation += weight * (phi.T @ phi)
-            self.validation_cross_correlation[:, task_index] += weight * phi.sum(dim=0)
+            self.validation_cross_correlation[task_index] += weight * phi.sum(dim=0)
         self.finished[task_index] = True
 
     @torch.no_grad()
     def solve(self) -> dict[str, Any]:
         """Ridge weights for the statistics so far, lambda chosen by validation squared error."""
-        A, C = self.autocorrelation, self.cross_correlation
+        A, C = self.autocorrelation, self.cross_correlation.T
         scale = float(torch.trace(A)) / A.shape[0]
         if scale == 0.0:
             return {"ridge": None}
@@ -168,14 +170,14 @@ class AnalyticSelector(TaskSelector):
         has_validation = bool(self.validation_autocorrelation.abs().sum() > 0)
         if has_validation:
             val_A = Q.T @ self.validation_autocorrelation @ Q
-            val_C = Q.T @ self.validation_cross_correlation
+            val_C = Q.T @ self.validation_cross_correlation.T
         errors = {}
         for factor in RIDGE_GRID if has_validation else (DEFAULT_RIDGE,):
             Z = projected / (eigenvalues.clamp_min(0.0) + factor * scale)[:, None]
             errors[factor] = float((Z * (val_A @ Z)).sum() - 2 * (Z * val_C).sum()) if has_validation else 0.0
         best = min(errors, key=errors.get)
         self.ridge.fill_(best * scale)
-        self.weights = Q @ (projected / (eigenvalues.clamp_min(0.0) + self.ridge)[:, None])
+        self.weights = (Q @ (projected / (eigenvalues.clamp_min(0.0) + self.ridge)[:, None])).T.contiguous()
         return {"ridge": float(self.ridge), "ridge_factor": best,
                 "validation_squared_error": errors[best] if has_validation else None}
 

@@ -43,6 +43,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..features import FeatureSpec
+from ..growth import append_rows
 from ..layers import RoutingPlan
 from .base import TaskEndContext, TaskSelector
 
@@ -137,7 +138,7 @@ class SaptSelector(TaskSelector):
         """Move the live key into the frozen buffer, bit for bit (end of its task)."""
         if self.live_key is None:
             return
-        self.frozen_keys = torch.cat([self.frozen_keys, self.live_key.detach()])
+        append_rows(self, "frozen_keys", self.live_key)
         self.live_key = None
 
     def add_task(self) -> None:
@@ -149,7 +150,7 @@ class SaptSelector(TaskSelector):
         targets = torch.zeros(T, T, device=device, dtype=self.arm_targets.dtype)
         targets[: T - 1, : T - 1] = self.arm_targets
         self.arm_targets = targets
-        self.arm_recorded = torch.cat([self.arm_recorded, torch.zeros(1, dtype=torch.bool, device=device)])
+        append_rows(self, "arm_recorded", torch.zeros(1, dtype=torch.bool))
 
     # ----- attention --------------------------------------------------------------------------
     def attention_logits(self, features: torch.Tensor) -> torch.Tensor:
@@ -256,8 +257,8 @@ class SaptSelector(TaskSelector):
         picked_rows = rows.select(picked.tolist())
         device = self.frozen_keys.device
         pooled = context.features(picked_rows).to(device)
-        self.reflection_inputs = torch.cat([self.reflection_inputs, pooled.to(self.reflection_inputs.dtype)])
-        self.reflection_tasks = torch.cat([self.reflection_tasks, torch.full((pooled.shape[0],), context.task_index, device=device)])
+        append_rows(self, "reflection_inputs", pooled)
+        append_rows(self, "reflection_tasks", torch.full((pooled.shape[0],), context.task_index))
         return pooled.shape[0]
 
     # ----- (de)serialisation -------------------------------------------------------------------
