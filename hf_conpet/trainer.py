@@ -14,7 +14,7 @@ import dataclasses
 import logging
 
 import torch
-from transformers import PrinterCallback, Trainer, TrainingArguments
+from transformers import PrinterCallback, Trainer, TrainingArguments, set_seed
 
 from .callback import ContinualCallback
 from .methods import SHARED_MODULE_NAME, get_method
@@ -124,6 +124,7 @@ class ContinualTrainer:
         budget = self.callback.batches_per_task
         if self.method.train_data == "all":
             if not finished:
+                set_seed(self.args.seed)
                 self.model.add_task("multitask", instruction="all tasks at once")
                 self.callback.current_task = self.stream[len(self.stream) - 1]
                 self._train(self.callback.train_dataset_all(), budget * len(self.stream) if budget else None)
@@ -131,6 +132,9 @@ class ContinualTrainer:
         for task in self.stream:
             if task.name in finished:
                 continue
+            # A new module's initial weights draw from this seed alone, not from whatever the selector
+            # drew before: methods that train the same modules (conpet, conpet_analytic, oracle) then do.
+            set_seed(self.args.seed + task.index)
             if self.method.module_per_task:
                 self.model.add_task(task.name, labels=task.labels, instruction=task.instruction,
                                     num_train=len(task.train), num_test=len(task.test))

@@ -204,3 +204,18 @@ def test_answer_cache_reuses_frozen_top1_answers_only(tokenizer, monkeypatch):
     soft = AnswerCache()
     evaluate_task(model, stream[0], collator, tokenizer, routing="sum", batch_size=4, answer_cache=soft)
     assert soft == {}
+
+
+def test_methods_that_train_the_same_modules_get_the_same_modules_whatever_their_selector(tokenizer, tmp_path):
+    """Module init draws from the run's seed and the task index, not from what a selector drew: the
+    replay-trained and the analytic router can then be compared on identical task modules."""
+    stream = small_stream(tokenizer, tasks=("sst2", "copa"))
+    systems = {}
+    for method in ("conpet", "conpet_analytic"):
+        model = make_model(tokenizer, selector=config_selector(method))
+        ContinualTrainer(model, stream, args(tmp_path / method), method=method, batches_per_task=2, max_length=64,
+                         max_eval_examples=0, selector_steps=3, selector_batch_size=4).fit()
+        systems[method] = model
+    for first, second in zip(*(s.base_model.lora_layers().values() for s in systems.values())):
+        for index in range(2):
+            assert all(torch.equal(a, b) for a, b in zip(first.task_weights(index), second.task_weights(index)))
