@@ -552,7 +552,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------------------------- eval / route
 def _system_dir(path: str) -> Path:
-    from .model import MANIFEST_NAME
+    from .saved_layout import MANIFEST_NAME
 
     folder = Path(path).expanduser()
     if (folder / MANIFEST_NAME).is_file():
@@ -572,7 +572,7 @@ def _load_system(path: str):
     import torch
 
     from . import ConPetModelForCausalLM
-    from .model import read_manifest
+    from .saved_layout import read_manifest
 
     folder = _system_dir(path)
     try:

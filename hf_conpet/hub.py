@@ -24,6 +24,7 @@ from huggingface_hub import constants as hf_constants
 from huggingface_hub import snapshot_download
 
 from ._io import validate_task_name
+from .saved_layout import MANIFEST_NAME
 
 __all__ = [
     "CARD_NAME",
@@ -44,7 +45,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-MANIFEST_NAME = "conpet_config.json"
 CARD_NAME = "README.md"
 MATRIX_IMAGE_NAME = "accuracy_matrix.png"
 TEMPLATE_NAME = "conpet_card.md"

@@ -1,9 +1,11 @@
 """`ConPetModel`: a `PeftModel` that grows one LoRA per task and routes every example in one forward.
 
-Structure mirrors PEFT: `ConPetModel.base_model` is a tuner (`TaskStackedLoraModel`) whose
+Structure mirrors PEFT: `ConPetModel.base_model` is a tuner (`tuner.TaskStackedLoraModel`) whose
 `.model` is the transformers model with its target `nn.Linear`s wrapped in
 `TaskStackedLoraLinear`. Module paths therefore match PEFT's (`base_model.model.<path>`), which is
-what lets each task be saved as a plain PEFT LoRA adapter.
+what lets each task be saved as a plain PEFT LoRA adapter. This module holds what a system *does*
+(tasks, routing, forward, generate, the PeftModel contract); `saved_layout.py` what it writes and
+reads, `base_models.py` which base it belongs to, `merging.py` its plain-model copies.
 
 Why `PeftModel.__init__` is not called: it builds its tuner from `PeftType`, a closed enum that
 refuses new methods. We set the few attributes PeftModel's own methods read and keep everything
@@ -13,7 +15,6 @@ else (`print_trainable_parameters`, attribute forwarding, `get_base_model`, Trai
 
 from __future__ import annotations
 
-import copy
 import os
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -23,29 +24,25 @@ from typing import Any
 import torch
 import torch.nn as nn
 from peft import LoraConfig, PeftModel, PeftType, TaskType
-from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoModelForSequenceClassification
 
-from . import __version__
-from ._io import atomic_directory, read_json, validate_task_name, write_json
-from .heads import TaskStackedHead
-from .config import FORMAT_VERSION, ConPetConfig, resolve_target_modules
+from . import __version__, merging, saved_layout
+from ._io import atomic_directory, validate_task_name
+from .base_models import IncompatibleBaseModelError, base_model_fingerprint, base_model_id, check_base_model, load_base_model
+from .config import FORMAT_VERSION, ConPetConfig
 from .features import FeatureSpec, backbone_features, feature_size
-from .layers import RoutingContext, RoutingPlan, TaskStackedLoraLinear
-from .selectors import SELECTOR_CLASSES, TaskSelector
+from .heads import TaskStackedHead
+from .layers import RoutingContext, RoutingPlan
+from .saved_layout import MANIFEST_NAME, read_manifest
+from .selectors import TaskSelector
+from .tuner import TaskStackedLoraModel, adapter_dtype
 
-MANIFEST_NAME = "conpet_config.json"
-ADAPTER_CONFIG_NAME = "adapter_config.json"
-ADAPTER_WEIGHTS_NAME = "adapter_model.safetensors"
-SELECTOR_DIR = "selector"
+__all__ = ["ConPetModel", "ConPetModelForCausalLM", "ConPetModelForSeq2SeqLM", "ConPetModelForSequenceClassification",
+           "IncompatibleBaseModelError", "RoutingError", "TaskInfo", "MODEL_CLASSES"]
 
 
 class RoutingError(ValueError):
     """Routing input (task ids, weights, missing selector) that cannot route this batch."""
-
-
-class IncompatibleBaseModelError(ValueError):
-    """A saved system and the base model offered to it do not fit together."""
 
 
 @dataclass
@@ -59,46 +56,6 @@ class TaskInfo:
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "labels": self.labels, "instruction": self.instruction, "metadata": self.metadata}
-
-
-class TaskStackedLoraModel(nn.Module):
-    """The tuner: the base model with task-stacked LoRA layers injected at the target modules."""
-
-    prefix = "lora_"
-
-    def __init__(self, model: nn.Module, config: ConPetConfig, routing: RoutingContext):
-        super().__init__()
-        self.model = model
-        self.peft_config: dict[str, LoraConfig] = {}
-        for parameter in model.parameters():
-            parameter.requires_grad_(False)
-        self.target_paths = resolve_target_modules(model, config.target_modules)
-        for path in self.target_paths:
-            parent_path, _, child = path.rpartition(".")
-            parent = model.get_submodule(parent_path) if parent_path else model
-            linear = getattr(parent, child)
-            setattr(parent, child, TaskStackedLoraLinear(
-                linear, config.r, config.lora_alpha, config.lora_dropout, routing,
-                adapter_dtype=adapter_dtype(linear.weight.dtype, config.autocast_adapter_dtype),
-            ))
-
-    def lora_layers(self) -> dict[str, TaskStackedLoraLinear]:
-        return {path: self.model.get_submodule(path) for path in self.target_paths}
-
-    @property
-    def active_adapters(self) -> list[str]:
-        return list(self.peft_config)
-
-    def forward(self, *args, **kwargs):
-        return self.model(*args, **kwargs)
-
-    def __getattr__(self, name: str):
-        try:
-            return super().__getattr__(name)
-        except AttributeError:
-            if name == "model":
-                raise
-            return getattr(self.model, name)
 
 
 class ConPetModel(PeftModel):
@@ -415,13 +372,13 @@ class ConPetModel(PeftModel):
         (W + scaling * B A) and, for classification, its head as the classifier. A copy: this system
         is unchanged. Its outputs equal this model's routed to `name`."""
         index = self.task_index(name)
-        merged = self._unwrapped_copy(index)
+        merged = merging.unwrapped_copy(self, index)
         merged.config.hf_conpet_task = name
         return merged
 
     def unload(self) -> nn.Module:
         """A copy of the base model with every task module removed (PEFT's `unload`)."""
-        return self._unwrapped_copy(None)
+        return merging.unwrapped_copy(self, None)
 
     def merge_and_unload(self, *args, **kwargs) -> nn.Module:
         """PEFT's merge of *the* adapter; here only when the system has one task (else `merge_task`)."""
@@ -444,33 +401,6 @@ class ConPetModel(PeftModel):
             "get_layer_status() describes PEFT's named adapters; every LoRA'd layer here holds all tasks: "
             "see model.base_model.lora_layers() (each layer's num_tasks) and model.task_names"
         )
-
-    def _unwrapped_copy(self, index: int | None) -> nn.Module:
-        """A deep copy of the base model whose wrapped layers are plain again; task `index` merged in."""
-        base = self.get_base_model()
-        skip = {}  # the stacks of every task need not be copied
-        for layer in self.base_model.lora_layers().values():
-            stacks = (layer.frozen_lora_A, layer.frozen_lora_B, layer.live_lora_A, layer.live_lora_B,
-                      *layer.__dict__.get("_growth_storage", {}).values())
-            for tensor in stacks:
-                if tensor is not None:
-                    skip[id(tensor)] = None
-        copied = copy.deepcopy(base, memo=skip)
-        for path, layer in self.base_model.lora_layers().items():
-            linear = copied.get_submodule(path).base_layer
-            if index is not None:
-                if not isinstance(linear.weight, nn.Parameter) or not linear.weight.dtype.is_floating_point or type(linear) is not nn.Linear:
-                    raise ValueError(f"Cannot merge into {path}: its base layer ({type(linear).__name__}, "
-                                     f"{linear.weight.dtype}) is not a plain floating-point nn.Linear (a quantized base?)")
-                A, B = layer.task_weights(index)
-                with torch.no_grad():
-                    linear.weight += (layer.scaling * (B.detach().float() @ A.detach().float())).to(linear.weight)
-            parent_path, _, child = path.rpartition(".")
-            setattr(copied.get_submodule(parent_path) if parent_path else copied, child, linear)
-        self._unwrap_heads(copied, index)
-        for parameter in copied.parameters():
-            parameter.requires_grad_(False)
-        return copied
 
     def _unwrap_heads(self, copied: nn.Module, index: int | None) -> None:
         pass
@@ -529,26 +459,16 @@ class ConPetModel(PeftModel):
 
     def write_layout(self, directory: str | os.PathLike, metrics: dict | None = None) -> None:
         """Write manifest, `tasks/<name>/` PEFT adapters and `selector/` into an existing directory."""
-        directory = Path(directory)
-        write_json(directory / MANIFEST_NAME, self.manifest(metrics))
-        layers = self.base_model.lora_layers()
-        for index, task in enumerate(self.tasks):
-            task_dir = directory / "tasks" / task.name
-            task_dir.mkdir(parents=True)
-            tensors = {}
-            for path, layer in layers.items():
-                A, B = layer.task_weights(index)
-                tensors[f"base_model.model.{path}.lora_A.weight"] = A.detach().to("cpu").contiguous()
-                tensors[f"base_model.model.{path}.lora_B.weight"] = B.detach().to("cpu").contiguous()
-            tensors.update({k: v.detach().to("cpu").contiguous() for k, v in self._task_head_state(index).items()})
-            save_file(tensors, task_dir / ADAPTER_WEIGHTS_NAME, metadata={"format": "pt"})
-            self.peft_config[task.name].save_pretrained(task_dir)
-        if self.selector is not None:
-            selector_dir = directory / SELECTOR_DIR
-            selector_dir.mkdir()
-            write_json(selector_dir / "config.json", {"kind": self.selector.kind, **self.selector.get_config()})
-            state = {k: v.detach().to("cpu").contiguous() for k, v in self.selector.state_dict().items()}
-            save_file(state, selector_dir / "model.safetensors", metadata={"format": "pt"})
+        saved_layout.write_layout(self, Path(directory), metrics)
+
+    def task_state(self, index: int) -> dict[str, torch.Tensor]:
+        """Task `index` as a PEFT LoRA state dict (`base_model.model.<path>.lora_A.weight`, ..., and its head)."""
+        tensors = {}
+        for path, layer in self.base_model.lora_layers().items():
+            A, B = layer.task_weights(index)
+            tensors[f"base_model.model.{path}.lora_A.weight"], tensors[f"base_model.model.{path}.lora_B.weight"] = A, B
+        tensors.update(self._task_head_state(index))
+        return tensors
 
     def manifest(self, metrics: dict | None = None) -> dict[str, Any]:
         return {
@@ -623,7 +543,7 @@ class ConPetModel(PeftModel):
         `HF_ENDPOINT` read at call time). `token`, `endpoint` and `cache_dir` also serve the base
         model's download; `base_kwargs` go to its `from_pretrained` (e.g. `dtype`).
         """
-        directory = _resolve_system_dir(model_id_or_path, revision=revision, token=token, endpoint=endpoint, cache_dir=cache_dir)
+        directory = saved_layout.resolve_system_dir(model_id_or_path, revision=revision, token=token, endpoint=endpoint, cache_dir=cache_dir)
         manifest = read_manifest(directory)
         if manifest["task_type"] != cls.task_type:
             raise ValueError(
@@ -635,7 +555,7 @@ class ConPetModel(PeftModel):
             base_id = manifest["base_model"].get("name_or_path")
             if not base_id:
                 raise ValueError(f"{directory}/{MANIFEST_NAME} records no base model id: pass base_model=...")
-            base_model, tokenizer = _load_base_model(
+            base_model, tokenizer = load_base_model(
                 cls.auto_model_class, base_id, manifest["base_model"].get("revision"), base_kwargs,
                 token=token, endpoint=endpoint, cache_dir=cache_dir,
             )
@@ -658,7 +578,7 @@ class ConPetModel(PeftModel):
         for entry in manifest["tasks"]:
             self._load_task(directory, entry)
         if manifest.get("selector"):
-            self.selector = load_selector(directory / SELECTOR_DIR, self, manifest["selector"])
+            self.selector = saved_layout.load_selector(directory / saved_layout.SELECTOR_DIR, manifest["selector"], self._device)
         self.active_adapter = self.task_names[-1] if self.tasks else None
         self.set_trainable(task=False, selector=False)
 
@@ -666,11 +586,7 @@ class ConPetModel(PeftModel):
         name = validate_task_name(entry.get("name"))
         if name in self.task_names:
             raise ValueError(f"Manifest lists task {name!r} twice")
-        task_dir = directory / "tasks" / name
-        weights_path = task_dir / ADAPTER_WEIGHTS_NAME
-        if not weights_path.is_file():
-            raise FileNotFoundError(f"Task {name!r} has no {weights_path}")
-        tensors = load_file(weights_path)
+        weights_path, tensors = saved_layout.read_task_state(directory, name)
         index = self.num_tasks
         for path, layer in self.base_model.lora_layers().items():
             key = f"base_model.model.{path}"
@@ -786,14 +702,6 @@ MODEL_CLASSES: dict[str, type[ConPetModel]] = {
 
 
 # ----- helpers: manifest, base model identity, selector loading -------------------------------
-def adapter_dtype(base_dtype: torch.dtype, autocast: bool) -> torch.dtype:
-    """PEFT's rule: adapters of a bf16/fp16 base are kept in fp32 unless `autocast_adapter_dtype=False`
-    (then in the base dtype); a quantized or integer base always gets fp32 adapters."""
-    if not base_dtype.is_floating_point or (autocast and base_dtype in (torch.bfloat16, torch.float16)):
-        return torch.float32
-    return base_dtype
-
-
 def _batch_size(input_ids, inputs_embeds) -> int | None:
     if input_ids is not None:
         return input_ids.shape[0]
@@ -802,148 +710,6 @@ def _batch_size(input_ids, inputs_embeds) -> int | None:
     return None
 
 
-def base_model_id(model: nn.Module) -> str | None:
-    """The id the manifest records for the base model: its Hub id where it can be told (also for
-    the converted offline default and Hub-cache snapshots), else the path it was loaded from."""
-    from .default_model import canonical_model_id
-
-    try:
-        return canonical_model_id(model)
-    except ValueError:
-        return None
 
 
-def base_model_fingerprint(model: nn.Module, target_paths: list[str]) -> dict[str, Any]:
-    """What must match for saved task LoRAs to mean the same thing on another copy of the model."""
-    from .default_model import model_revision
 
-    config = getattr(model, "config", None)
-    return {
-        "name_or_path": base_model_id(model),
-        "revision": model_revision(model) if config is not None else None,
-        "model_type": getattr(config, "model_type", None),
-        "architectures": getattr(config, "architectures", None),
-        "target_shapes": {path: [model.get_submodule(path).out_features, model.get_submodule(path).in_features] for path in target_paths},
-    }
-
-
-def check_base_model(saved: dict[str, Any], offered: dict[str, Any], strict_id: bool) -> None:
-    problems = []
-    if saved.get("model_type") != offered.get("model_type"):
-        problems.append(f"model_type {offered.get('model_type')!r} != saved {saved.get('model_type')!r}")
-    if saved.get("target_shapes") != offered.get("target_shapes"):
-        saved_shapes, offered_shapes = saved.get("target_shapes") or {}, offered.get("target_shapes") or {}
-        differing = sorted(set(saved_shapes) ^ set(offered_shapes)) or sorted(
-            p for p in saved_shapes if saved_shapes[p] != offered_shapes.get(p)
-        )
-        problems.append(f"target layers differ ({len(differing)} paths, e.g. {differing[:3]})")
-    saved_id, offered_id = saved.get("name_or_path"), offered.get("name_or_path")
-    if strict_id and saved_id and offered_id and saved_id != offered_id and not (os.path.isdir(saved_id) or os.path.isdir(offered_id)):
-        problems.append(f"base model id {offered_id!r} != saved {saved_id!r} (pass strict_base_model_id=False if they are the same weights)")
-    if problems:
-        raise IncompatibleBaseModelError("The base model does not match the saved system: " + "; ".join(problems))
-
-
-def read_manifest(directory: Path) -> dict[str, Any]:
-    path = directory / MANIFEST_NAME
-    if not path.is_file():
-        raise FileNotFoundError(f"{directory} is not an hf_conpet system: no {MANIFEST_NAME}")
-    manifest = read_json(path)
-    version = manifest.get("format_version")
-    if not isinstance(version, int) or version > FORMAT_VERSION or version < 1:
-        raise ValueError(
-            f"{path} has format_version {version!r}; this hf_conpet {__version__} reads format "
-            f"{FORMAT_VERSION} and older: upgrade hf_conpet"
-        )
-    for key in ("task_type", "base_model", "config", "tasks"):
-        if key not in manifest:
-            raise ValueError(f"{path} lacks the key {key!r}")
-    return manifest
-
-
-def load_selector(selector_dir: Path, model: ConPetModel, kind: str) -> TaskSelector:
-    settings = read_json(selector_dir / "config.json")
-    if settings.pop("kind", None) != kind or kind not in SELECTOR_CLASSES:
-        raise ValueError(f"{selector_dir}/config.json: unknown or mismatched selector kind {kind!r}")
-    selector = SELECTOR_CLASSES[kind].from_config(settings).to(model._device)
-    selector.load_state_dict(load_file(selector_dir / "model.safetensors"), strict=True)
-    return selector
-
-
-def _resolve_system_dir(model_id_or_path, revision=None, token=None, endpoint=None, cache_dir=None) -> Path:
-    path = Path(model_id_or_path)
-    if path.is_dir():
-        return path
-    from .hub import download_system
-
-    return Path(download_system(str(model_id_or_path), revision=revision, token=token, endpoint=endpoint, cache_dir=cache_dir))
-
-
-def _load_base_model(auto_class, base_id: str, revision: str | None, base_kwargs: dict, *, token=None, endpoint=None, cache_dir=None):
-    """The manifest's base model (and its tokenizer, if it has one), from a local folder.
-
-    Which folder: the embedded default when the manifest names the canonical default id (its
-    GGUF conversion, or a Hub-cache copy of the original: whichever the system was trained on,
-    told by the recorded revision), a local path as is, else a Hub snapshot fetched with the
-    official client from `endpoint` / `HF_ENDPOINT` (transformers would read the endpoint only at
-    import). Only safetensors, JSON and tokenizer files are fetched; remote code is never run.
-    """
-    import warnings
-
-    from huggingface_hub import constants as hf_constants
-    from huggingface_hub import snapshot_download
-    from transformers import AutoTokenizer
-
-    from . import default_model
-    from .hub import _endpoint
-
-    kwargs = dict(base_kwargs)
-    if kwargs.pop("trust_remote_code", False):
-        raise ValueError("hf_conpet never runs remote code: trust_remote_code=True is refused")
-    source = None
-    trained_on_gguf = bool(revision) and str(revision).startswith("gguf:")
-    if default_model.is_default_model(base_id) and (not revision or trained_on_gguf):
-        try:  # offline by id: no Hub needed for the default model
-            source = default_model.resolve_base_model(base_id, cache_dir=None, use_hub_cache=not trained_on_gguf)
-        except default_model.DefaultModelUnavailable:
-            if trained_on_gguf or hf_constants.is_offline_mode():
-                raise
-    elif os.path.isdir(base_id):
-        source = base_id
-    elif os.path.isabs(base_id) or base_id.startswith((".", "~")) or base_id.count("/") > 1:
-        raise FileNotFoundError(
-            f"The system's base model {base_id!r} is a local folder that is not on this machine: "
-            "pass base_model=... (the same weights)"
-        )
-    if source is None:
-        patterns = ["config.json", "generation_config.json", "*.safetensors", "*.safetensors.index.json",
-                    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
-                    "vocab.json", "vocab.txt", "merges.txt", "*.model", "chat_template.jinja", "chat_template.json"]
-        where = f"{base_id}@{revision or hf_constants.DEFAULT_REVISION}"
-        try:
-            source = snapshot_download(base_id, revision=revision, token=token, endpoint=_endpoint(endpoint),
-                                       cache_dir=cache_dir, allow_patterns=patterns)
-        except Exception as err:  # noqa: BLE001 - say which base model and what to do
-            raise OSError(
-                f"Cannot fetch the system's base model {where} (recorded in its manifest): "
-                f"{type(err).__name__}: {err}. Pass base_model=... to use a copy you have."
-            ) from err
-        if not any(Path(source).glob("*.safetensors")):
-            raise OSError(f"The base model {where} has no safetensors weights; hf_conpet never loads "
-                          "pickled weights: pass base_model=... instead")
-    model = auto_class.from_pretrained(source, trust_remote_code=False, use_safetensors=True, **kwargs)
-    if source != base_id:  # record the id, not this machine's cache path, when saved again
-        model.config._name_or_path = base_id
-        if revision and not trained_on_gguf and not getattr(model.config, "_commit_hash", None):
-            model.config._commit_hash = revision
-    built_from = getattr(model.config, "hf_conpet_revision", None)
-    if trained_on_gguf and built_from != revision:
-        warnings.warn(f"The system was trained on {base_id} from {revision}, but {built_from} is installed: "
-                      "outputs may differ slightly", stacklevel=3)
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=False)
-    except (OSError, ValueError, KeyError):
-        tokenizer = None
-    if tokenizer is not None and tokenizer.pad_token is None and tokenizer.eos_token is not None:
-        tokenizer.pad_token = tokenizer.eos_token  # batches need one; padding is masked anyway
-    return model, tokenizer

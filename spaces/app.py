@@ -110,7 +110,7 @@ def _manifest_metrics(model) -> dict[str, Any] | None:
     folder = getattr(model, "system_folder", None)
     if not folder:
         return None
-    from hf_conpet.model import read_manifest
+    from hf_conpet.saved_layout import read_manifest
 
     metrics = read_manifest(Path(folder)).get("metrics")
     if not isinstance(metrics, dict) or (metrics.get("task_names") or model.task_names) != model.task_names:

@@ -283,7 +283,7 @@ def test_save_failure_leaves_nothing_behind(tmp_path, monkeypatch):
     def explode(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr("hf_conpet.model.save_file", explode)
+    monkeypatch.setattr("hf_conpet.saved_layout.save_file", explode)
     with pytest.raises(OSError, match="disk full"):
         model.save_pretrained(tmp_path / "system")
     with pytest.raises(OSError, match="disk full"):

@@ -1,0 +1,125 @@
+"""Which base model a saved system belongs to, and how to get it back (never pickle, never remote code)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch.nn as nn
+
+
+class IncompatibleBaseModelError(ValueError):
+    """A saved system and the base model offered to it do not fit together."""
+
+
+def base_model_id(model: nn.Module) -> str | None:
+    """The id the manifest records for the base model: its Hub id where it can be told (also for
+    the converted offline default and Hub-cache snapshots), else the path it was loaded from."""
+    from .default_model import canonical_model_id
+
+    try:
+        return canonical_model_id(model)
+    except ValueError:
+        return None
+
+
+def base_model_fingerprint(model: nn.Module, target_paths: list[str]) -> dict[str, Any]:
+    """What must match for saved task LoRAs to mean the same thing on another copy of the model."""
+    from .default_model import model_revision
+
+    config = getattr(model, "config", None)
+    return {
+        "name_or_path": base_model_id(model),
+        "revision": model_revision(model) if config is not None else None,
+        "model_type": getattr(config, "model_type", None),
+        "architectures": getattr(config, "architectures", None),
+        "target_shapes": {path: [model.get_submodule(path).out_features, model.get_submodule(path).in_features] for path in target_paths},
+    }
+
+
+def check_base_model(saved: dict[str, Any], offered: dict[str, Any], strict_id: bool) -> None:
+    problems = []
+    if saved.get("model_type") != offered.get("model_type"):
+        problems.append(f"model_type {offered.get('model_type')!r} != saved {saved.get('model_type')!r}")
+    if saved.get("target_shapes") != offered.get("target_shapes"):
+        saved_shapes, offered_shapes = saved.get("target_shapes") or {}, offered.get("target_shapes") or {}
+        differing = sorted(set(saved_shapes) ^ set(offered_shapes)) or sorted(
+            p for p in saved_shapes if saved_shapes[p] != offered_shapes.get(p)
+        )
+        problems.append(f"target layers differ ({len(differing)} paths, e.g. {differing[:3]})")
+    saved_id, offered_id = saved.get("name_or_path"), offered.get("name_or_path")
+    if strict_id and saved_id and offered_id and saved_id != offered_id and not (os.path.isdir(saved_id) or os.path.isdir(offered_id)):
+        problems.append(f"base model id {offered_id!r} != saved {saved_id!r} (pass strict_base_model_id=False if they are the same weights)")
+    if problems:
+        raise IncompatibleBaseModelError("The base model does not match the saved system: " + "; ".join(problems))
+
+
+def load_base_model(auto_class, base_id: str, revision: str | None, base_kwargs: dict, *, token=None, endpoint=None, cache_dir=None):
+    """The manifest's base model (and its tokenizer, if it has one), from a local folder.
+
+    Which folder: the embedded default when the manifest names the canonical default id (its
+    GGUF conversion, or a Hub-cache copy of the original: whichever the system was trained on,
+    told by the recorded revision), a local path as is, else a Hub snapshot fetched with the
+    official client from `endpoint` / `HF_ENDPOINT` (transformers would read the endpoint only at
+    import). Only safetensors, JSON and tokenizer files are fetched; remote code is never run.
+    """
+    import warnings
+
+    from huggingface_hub import constants as hf_constants
+    from huggingface_hub import snapshot_download
+    from transformers import AutoTokenizer
+
+    from . import default_model
+    from .hub import _endpoint
+
+    kwargs = dict(base_kwargs)
+    if kwargs.pop("trust_remote_code", False):
+        raise ValueError("hf_conpet never runs remote code: trust_remote_code=True is refused")
+    source = None
+    trained_on_gguf = bool(revision) and str(revision).startswith("gguf:")
+    if default_model.is_default_model(base_id) and (not revision or trained_on_gguf):
+        try:  # offline by id: no Hub needed for the default model
+            source = default_model.resolve_base_model(base_id, cache_dir=None, use_hub_cache=not trained_on_gguf)
+        except default_model.DefaultModelUnavailable:
+            if trained_on_gguf or hf_constants.is_offline_mode():
+                raise
+    elif os.path.isdir(base_id):
+        source = base_id
+    elif os.path.isabs(base_id) or base_id.startswith((".", "~")) or base_id.count("/") > 1:
+        raise FileNotFoundError(
+            f"The system's base model {base_id!r} is a local folder that is not on this machine: "
+            "pass base_model=... (the same weights)"
+        )
+    if source is None:
+        patterns = ["config.json", "generation_config.json", "*.safetensors", "*.safetensors.index.json",
+                    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
+                    "vocab.json", "vocab.txt", "merges.txt", "*.model", "chat_template.jinja", "chat_template.json"]
+        where = f"{base_id}@{revision or hf_constants.DEFAULT_REVISION}"
+        try:
+            source = snapshot_download(base_id, revision=revision, token=token, endpoint=_endpoint(endpoint),
+                                       cache_dir=cache_dir, allow_patterns=patterns)
+        except Exception as err:  # noqa: BLE001 - say which base model and what to do
+            raise OSError(
+                f"Cannot fetch the system's base model {where} (recorded in its manifest): "
+                f"{type(err).__name__}: {err}. Pass base_model=... to use a copy you have."
+            ) from err
+        if not any(Path(source).glob("*.safetensors")):
+            raise OSError(f"The base model {where} has no safetensors weights; hf_conpet never loads "
+                          "pickled weights: pass base_model=... instead")
+    model = auto_class.from_pretrained(source, trust_remote_code=False, use_safetensors=True, **kwargs)
+    if source != base_id:  # record the id, not this machine's cache path, when saved again
+        model.config._name_or_path = base_id
+        if revision and not trained_on_gguf and not getattr(model.config, "_commit_hash", None):
+            model.config._commit_hash = revision
+    built_from = getattr(model.config, "hf_conpet_revision", None)
+    if trained_on_gguf and built_from != revision:
+        warnings.warn(f"The system was trained on {base_id} from {revision}, but {built_from} is installed: "
+                      "outputs may differ slightly", stacklevel=3)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=False)
+    except (OSError, ValueError, KeyError):
+        tokenizer = None
+    if tokenizer is not None and tokenizer.pad_token is None and tokenizer.eos_token is not None:
+        tokenizer.pad_token = tokenizer.eos_token  # batches need one; padding is masked anyway
+    return model, tokenizer
