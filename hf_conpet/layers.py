@@ -37,16 +37,22 @@ class RoutingPlan:
     """Per-example mixing weights over task modules.
 
     `indices` None means `weights` covers every task in order (dense); otherwise `weights[b, j]`
-    belongs to task `indices[b, j]` (sparse).
+    belongs to task `indices[b, j]` (sparse). `single_task` is set when every example goes, with
+    weight 1, to that one task (a training batch under teacher forcing, a one-task request): the
+    layers then run exactly PEFT's LoRA matmuls, with no per-example gather.
     """
 
     weights: torch.Tensor
     indices: torch.Tensor | None = None
+    single_task: int | None = None
 
     @classmethod
     def from_task_ids(cls, task_ids: torch.Tensor) -> "RoutingPlan":
         task_ids = task_ids.long().view(-1, 1)
-        return cls(weights=torch.ones(task_ids.shape, dtype=torch.float32, device=task_ids.device), indices=task_ids)
+        first = task_ids[:1]
+        single = int(first) if task_ids.numel() and bool((task_ids == first).all()) else None  # one check per call
+        return cls(weights=torch.ones(task_ids.shape, dtype=torch.float32, device=task_ids.device), indices=task_ids,
+                   single_task=single)
 
     @classmethod
     def top_k(cls, scores: torch.Tensor, k: int, renormalize: bool = True) -> "RoutingPlan":
@@ -55,6 +61,8 @@ class RoutingPlan:
         weights, indices = scores.topk(k, dim=-1)
         if renormalize:
             weights = weights / weights.sum(dim=-1, keepdim=True).clamp_min(1e-12)
+        if k == 1 and renormalize:  # every weight is 1: a batch sent to one task runs as PEFT's LoRA
+            return cls.from_task_ids(indices)
         return cls(weights=weights, indices=indices)
 
     @property
@@ -64,10 +72,12 @@ class RoutingPlan:
     def select(self, rows: torch.Tensor) -> "RoutingPlan":
         """The plan of a subset of the batch's examples (`rows`: indices into the batch)."""
         rows = rows.to(self.weights.device)
-        return RoutingPlan(weights=self.weights[rows], indices=None if self.indices is None else self.indices[rows])
+        return RoutingPlan(weights=self.weights[rows], indices=None if self.indices is None else self.indices[rows],
+                           single_task=self.single_task)
 
     def to(self, device: torch.device) -> "RoutingPlan":
-        return RoutingPlan(weights=self.weights.to(device), indices=None if self.indices is None else self.indices.to(device))
+        return RoutingPlan(weights=self.weights.to(device), indices=None if self.indices is None else self.indices.to(device),
+                           single_task=self.single_task)
 
     def for_batch(self, batch_size: int) -> "RoutingPlan":
         """The plan for a batch that generation expanded (beams, num_return_sequences).
@@ -84,7 +94,7 @@ class RoutingPlan:
             )
         repeat = batch_size // self.batch_size
         indices = None if self.indices is None else self.indices.repeat_interleave(repeat, dim=0)
-        return RoutingPlan(weights=self.weights.repeat_interleave(repeat, dim=0), indices=indices)
+        return RoutingPlan(weights=self.weights.repeat_interleave(repeat, dim=0), indices=indices, single_task=self.single_task)
 
 
 class RoutingContext:
@@ -115,6 +125,18 @@ class RoutingContext:
         if device not in moved:
             moved[device] = plan.to(device)
         return moved[device]
+
+    def per_call(self, key, build):
+        """`build()` once per call and key, reused by every later forward of the call: the decoding
+        steps of one `generate` share their plan, so each layer gathers its per-example LoRA once.
+        Only without gradient (a training forward is its own call anyway)."""
+        plan, cache = self._call.get()
+        if plan is None or torch.is_grad_enabled():
+            return build()
+        key = ("per_call", *key)
+        if key not in cache:
+            cache[key] = build()
+        return cache[key]
 
     @property
     def adapters_disabled(self) -> bool:
@@ -239,7 +261,10 @@ class TaskStackedLoraLinear(nn.Module):
             return result
         plan = plan.for_batch(x.shape[0])
         lora_in = self.lora_dropout(x.to(self.frozen_lora_A.dtype)).reshape(x.shape[0], -1, self.in_features)
-        if plan.indices is None:
+        if plan.single_task is not None:
+            A, B = self.task_weights(plan.single_task)
+            delta = (lora_in @ A.T) @ B.T
+        elif plan.indices is None:
             delta = self._dense_delta(lora_in, plan.weights)
         else:
             delta = self._sparse_delta(lora_in, plan.indices, plan.weights)
@@ -255,23 +280,32 @@ class TaskStackedLoraLinear(nn.Module):
 
     def _dense_delta(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         """x [b, s, in], weights [b, T] -> sum_t w_bt B_t A_t x  as two matmuls over all tasks."""
+        A, B, scale = self.routing.per_call((id(self), "dense", x.shape[0]), lambda: self._dense_weights(weights, x.dtype))
+        return ((x @ A) * scale) @ B
+
+    def _dense_weights(self, weights: torch.Tensor, dtype: torch.dtype):
+        """(A^T [in, T*r], B^T [T*r, out], per-example weight of each rank [b, 1, T*r])."""
         A, B = self._stacks()  # [T, r, in], [T, out, r]
         T = A.shape[0]
         if weights.shape[-1] != T:
             raise ValueError(f"Routing weights cover {weights.shape[-1]} tasks but the layer holds {T}")
-        projected = x @ A.reshape(T * self.r, self.in_features).T  # [b, s, T*r]
-        projected = projected * weights.to(x.dtype).repeat_interleave(self.r, dim=-1)[:, None, :]
-        return projected @ B.permute(1, 0, 2).reshape(self.out_features, T * self.r).T
+        scale = weights.to(dtype).repeat_interleave(self.r, dim=-1)[:, None, :]
+        return A.reshape(T * self.r, self.in_features).T, B.permute(1, 0, 2).reshape(self.out_features, T * self.r).T, scale
 
     def _sparse_delta(self, x: torch.Tensor, indices: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         """x [b, s, in], indices/weights [b, k] -> per example, the k chosen LoRAs as one rank-k*r LoRA."""
+        A, B = self.routing.per_call((id(self), "sparse", x.shape[0]), lambda: self._sparse_weights(indices, weights))
+        return torch.bmm(torch.bmm(x, A), B)
+
+    def _sparse_weights(self, indices: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per example, the k chosen LoRAs as one rank-k*r pair: (A^T [b, in, k*r], B^T [b, k*r, out])."""
         b, k = indices.shape
         A = self._gather(self.frozen_lora_A, self.live_lora_A, indices)  # [b, k, r, in]
         B = self._gather(self.frozen_lora_B, self.live_lora_B, indices)  # [b, k, out, r]
         B = B * weights.to(B.dtype)[:, :, None, None]
         A = A.reshape(b, k * self.r, self.in_features)
         B = B.permute(0, 2, 1, 3).reshape(b, self.out_features, k * self.r)
-        return torch.bmm(torch.bmm(x, A.transpose(1, 2)), B.transpose(1, 2))
+        return A.transpose(1, 2), B.transpose(1, 2)
 
     @staticmethod
     def _gather(frozen: torch.Tensor, live: torch.Tensor | None, indices: torch.Tensor) -> torch.Tensor:

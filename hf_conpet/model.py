@@ -213,6 +213,8 @@ class ConPetModel(PeftModel):
         width = plan.weights.shape[-1]
         if plan.indices is None and width != self.num_tasks:
             raise RoutingError(f"The routing plan weighs {width} tasks but {self.num_tasks} are registered")
+        if plan.single_task is not None and not 0 <= plan.single_task < self.num_tasks:
+            raise RoutingError(f"The routing plan names task {plan.single_task} but only {self.num_tasks} tasks are registered")
         if plan.indices is not None and plan.indices.numel() and (int(plan.indices.min()) < 0 or int(plan.indices.max()) >= self.num_tasks):
             raise RoutingError(
                 f"The routing plan names task indices in [{int(plan.indices.min())}, {int(plan.indices.max())}] "

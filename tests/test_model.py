@@ -344,3 +344,18 @@ def test_sequence_classification_union_logits_and_loss():
     assert logits.shape == (3, 7)
     assert (logits[0, 2:] == -100).all() and (logits[1, :2] == -100).all() and (logits[1, 5:] == -100).all()
     assert torch.isfinite(out.loss)
+
+
+def test_a_batch_sent_to_one_task_takes_the_plain_lora_path_with_the_same_outputs():
+    model, _ = build("llama", n_tasks=3)
+    ids = torch.randint(3, VOCAB, (4, 6), generator=torch.Generator().manual_seed(5))
+    single = RoutingPlan.from_task_ids(torch.full((4,), 1))
+    assert single.single_task == 1 and RoutingPlan.from_task_ids(torch.tensor([1, 2, 1, 1])).single_task is None
+    gathered = RoutingPlan(weights=single.weights, indices=single.indices)  # the per-example path
+    with torch.no_grad():
+        plain = model(input_ids=ids, routing_plan=single).logits
+        per_example = model(input_ids=ids, routing_plan=gathered).logits
+    assert torch.allclose(plain, per_example, atol=1e-5, rtol=1e-5)
+    assert RoutingPlan.top_k(torch.tensor([[0.1, 0.9], [0.2, 0.8]]), 1).single_task == 1
+    with pytest.raises(RoutingError, match="names task 7"):
+        model(input_ids=ids, routing_plan=RoutingPlan(weights=single.weights, indices=single.indices, single_task=7))
