@@ -86,7 +86,8 @@ def test_a_system_saved_by_hf_conpet_0_1_0_loads_and_answers_as_it_did():
     expected = load_file(FIXTURE / "expected.safetensors")
     loaded = ConPetModelForCausalLM.from_pretrained(FIXTURE / "system", base_model=tiny_llama()).eval()
     assert loaded.task_names == ["task0", "task1", "task2"] and loaded.selector.kind == "conpet"
-    with torch.no_grad():
-        assert torch.equal(loaded(input_ids=expected["input_ids"]).logits, expected["routed_logits"])
+    with torch.no_grad():  # the same answers up to float round-off (a batch routed to one task now takes PEFT's matmuls)
+        routed = loaded(input_ids=expected["input_ids"]).logits
         by_task = loaded(input_ids=expected["input_ids"], task_ids=torch.tensor([0, 1, 2, 1])).logits
-    assert torch.equal(by_task, expected["task_logits"])
+    assert torch.allclose(routed, expected["routed_logits"], atol=1e-6, rtol=1e-5)
+    assert torch.allclose(by_task, expected["task_logits"], atol=1e-6, rtol=1e-5)
