@@ -8,7 +8,8 @@ each N runs in a fresh process (peak RSS is per process) and prints, per N:
   a training step (batch 8 x 64, the N-th task live) with N tasks / with 2, interleaved in that process;
   routed greedy generation (16 prompts to 16 different tasks, 16 new tokens) with N tasks / with 2;
   SAPT's dense mixture over N tasks / over 2 (one forward; its cost grows with N by design);
-  the analytic router's end-of-task update at N (statistics of 256 prompts, then the solve).
+  the analytic router's end-of-task update at N (statistics of 256 prompts, then the solve), and
+  ConPET's replay-trained selector's (600 steps of 32 cached features, half new, half from N - 1 old tasks).
 Then the ratios the scaling issue sets goals for, across N.
 """
 
@@ -29,7 +30,8 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from _common import interleaved_medians
 from hf_conpet import ConPetConfig, ConPetModelForCausalLM
-from hf_conpet.selectors import AnalyticSelector, TaskEndContext
+from hf_conpet.replay import ReplayMemory
+from hf_conpet.selectors import AnalyticSelector, ConPetSelector, TaskEndContext
 
 
 def small_llama() -> LlamaForCausalLM:
@@ -116,8 +118,32 @@ def measure(n: int, repeats: int) -> dict:
                                      features=lambda rows: features[: len(rows)], batch_size=32, steps=0,
                                      replay_ratio=1.0, seed=0))
     figures["analytic_update_s"] = time.perf_counter() - start
+    figures["conpet_selector_s"] = conpet_selector_seconds(n)
     figures["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return figures
+
+
+def conpet_selector_seconds(n: int) -> float:
+    """ConPET's selector update for task N with N - 1 old tasks already learned and cached (synthetic)."""
+    import datasets
+
+    selector = ConPetSelector(hidden_size=256, feature_source="embeddings")
+    memory = ReplayMemory("all")
+    rows = datasets.Dataset.from_dict({"id": list(range(256))})
+    generator = torch.Generator().manual_seed(3)
+    for index in range(n):
+        selector.add_task()
+        if index < n - 1:
+            memory.add_task(index, rows)
+            selector._subset_cache[index] = rows
+            selector._feature_cache[index] = torch.randn(256, 256, generator=generator)
+    features = torch.randn(256, 256, generator=generator)
+    context = TaskEndContext(task_index=n - 1, train=rows, validation=rows.select(range(32)), memory=memory,
+                             features=lambda subset: features[: len(subset)], batch_size=32, steps=600,
+                             replay_ratio=1.0, seed=0)
+    start = time.perf_counter()
+    selector.end_task(context)
+    return time.perf_counter() - start
 
 
 def main() -> None:
@@ -139,12 +165,13 @@ def main() -> None:
     print(f"\nsmall random Llama (4 layers, hidden 256, r=8 on q/v), torch threads {torch.get_num_threads()}, "
           f"median of {args.repeats} interleaved runs within each N's process")
     print(f"{'N':>6} {'add ms/task':>12} {'save ms/mod':>12} {'load ms/mod':>12} {'ckpt MiB':>9} {'RSS MiB':>8} "
-          f"{'train N/2':>10} {'gen N/2':>8} {'SAPT N/2':>9} {'analytic s':>11}")
+          f"{'train N/2':>10} {'gen N/2':>8} {'SAPT N/2':>9} {'analytic s':>11} {'ConPET sel s':>13}")
     for n in sizes:
         r = results[n]
         print(f"{n:>6} {r['add_ms_per_task']:>12.2f} {r['save_ms_per_module']:>12.2f} {r['load_ms_per_module']:>12.2f} "
               f"{r['checkpoint_bytes'] / 2**20:>9.1f} {r['peak_rss_mib']:>8.0f} {r['train_step_ratio']:>10.3f} "
-              f"{r['generation_ratio']:>8.3f} {r['sapt_dense_forward_ratio']:>9.3f} {r['analytic_update_s']:>11.3f}")
+              f"{r['generation_ratio']:>8.3f} {r['sapt_dense_forward_ratio']:>9.3f} {r['analytic_update_s']:>11.3f} "
+              f"{r['conpet_selector_s']:>13.2f}")
     largest = sizes[-1]
     print(f"\nRATIO train step at N={largest} / N=2: {results[largest]['train_step_ratio']:.3f} (goal <= 1.10)")
     print(f"RATIO routed generation at N={largest} / N=2: {results[largest]['generation_ratio']:.3f} (goal <= 1.10)")
@@ -156,6 +183,8 @@ def main() -> None:
               "(no replay memory or selector cache here: the LoRA stacks themselves)")
         print(f"RATIO analytic router update at N={largest} / N={sizes[0]}: "
               f"{results[largest]['analytic_update_s'] / results[sizes[0]]['analytic_update_s']:.3f} (goal <= 1.5)")
+        print(f"RATIO ConPET selector update at N={largest} / N={sizes[0]}: "
+              f"{results[largest]['conpet_selector_s'] / results[sizes[0]]['conpet_selector_s']:.3f} (goal <= 1.5)")
 
 
 if __name__ == "__main__":

@@ -42,6 +42,7 @@ class ConPetSelector(TaskSelector):
         self.task_bias = nn.Parameter(torch.zeros(num_tasks))
         self.max_cached_examples = max_cached_examples
         self._feature_cache: dict[int, torch.Tensor] = {}  # task index -> [n, hidden]; rebuilt on demand
+        self._subset_cache: dict = {}  # task index -> the cached rows (a datasets.Dataset); rebuilt on demand
 
     @property
     def num_tasks(self) -> int:
@@ -68,14 +69,13 @@ class ConPetSelector(TaskSelector):
         """
         from ..replay import DynamicReplaySampler
 
-        cache = self._feature_cache
-        subsets = {}
+        cache, subsets = self._feature_cache, self._subset_cache
         for index in [*context.memory.tasks, context.task_index]:
-            rows = context.train if index == context.task_index else context.memory.examples(index)
-            rows = rows.shuffle(seed=index).select(range(min(len(rows), self.max_cached_examples)))
-            subsets[index] = rows
+            if index not in subsets:  # once per task (and once after a resume): the old tasks' rows never change
+                rows = context.train if index == context.task_index else context.memory.examples(index)
+                subsets[index] = rows.shuffle(seed=index).select(range(min(len(rows), self.max_cached_examples)))
             if index not in cache:
-                cache[index] = context.features(rows).to(self.task_rows.device)
+                cache[index] = context.features(subsets[index]).to(self.task_rows.device)
         if self.num_tasks < 2:
             return {"selector_steps": 0}
         old = {index: subsets[index] for index in context.memory.tasks}
