@@ -11,7 +11,7 @@ from hf_conpet import ConPetConfig, ConPetModelForCausalLM, ConPetModelForSeq2Se
 from hf_conpet.selectors import SELECTOR_CLASSES, AnalyticSelector, TaskEndContext
 from hf_conpet.selectors.analytic import DEFAULT_RIDGE, RIDGE_GRID
 
-from tiny_models import VOCAB, randomize_live_task, tiny_bert, tiny_llama, tiny_t5
+from tiny_models import randomize_live_task, tiny_bert, tiny_llama, tiny_t5
 
 D = 6
 
