@@ -1,59 +1,241 @@
-"""Atomic directory writes and task-name validation: nothing half-written, nothing outside its folder."""
+"""Crash-safe writes, the one implementation for the package: files, whole directories, recovery.
+
+A reader must always find either the complete old state or the complete new one under a name,
+whatever instant a process is killed at (kill -9, power cut). Files: written to a temp file beside
+the target, fsynced, renamed over it. Directories: POSIX cannot swap two directories atomically, so
+`atomic_directory` builds the new tree in `.<name>.tmp-<pid>-*`, fsyncs it, moves the old tree
+to `.<name>.old`, renames the new one in, fsyncs the parent, then deletes `.<name>.old`. A kill
+between the two renames leaves only `.<name>.old`: `recover_directory` (run before every write and
+by the readers that resume) puts it back, deletes it once the new tree is in place, and removes the
+temp files and trees of writers that are no longer alive.
+
+Everything is created with the permissions the umask gives (as `save_pretrained` does), not the
+owner-only modes of `tempfile`, so a web server or a Space container can read what was written.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
 import re
 import shutil
 import tempfile
+import threading
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any, Iterator
 
-TASK_NAME_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+_UMASK_LOCK = threading.Lock()
 
 
-def validate_task_name(name: object) -> str:
-    """Task names become folder names (`tasks/<name>/`) and adapter names, so they must be plain
-    identifiers: no path pieces, no leading digit (PEFT mangles adapter names like "0")."""
-    if not isinstance(name, str) or not TASK_NAME_PATTERN.match(name):
-        raise ValueError(
-            f"Invalid task name {name!r}: use 1-64 ASCII letters, digits or underscores, not starting "
-            "with a digit (names become folder names under tasks/)"
-        )
-    return name
+def current_umask() -> int:
+    """The process umask, read without changing it where Linux tells it (`/proc/self/status`)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    with _UMASK_LOCK:  # elsewhere: set and restore (briefly visible to other threads)
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return mask
+
+
+def _fsync(path: str | os.PathLike) -> None:
+    """Flush a file's or a directory's entry to disk (directories: so a rename survives a power cut)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError as error:  # some filesystems refuse fsync on directories
+        if error.errno not in (errno.EINVAL, errno.EBADF, errno.ENOTSUP):
+            raise
+    finally:
+        os.close(fd)
+
+
+def fsync_tree(root: str | os.PathLike) -> None:
+    """fsync every file and directory under `root` (children before their parent)."""
+    for folder, _, files in os.walk(root, topdown=False):
+        for name in files:
+            _fsync(os.path.join(folder, name))
+        _fsync(folder)
+
+
+# ------------------------------------------------------------------------------ leftovers
+def _temp_prefix(name: str) -> str:
+    return f".{name}.tmp-"
+
+
+def _backup_name(name: str) -> str:
+    return f".{name}.old"
+
+
+_TEMP_OWNER = re.compile(r"^(?P<pid>\d+)-")
+_LEGACY_BACKUP = re.compile(r"^\.(?P<name>.+)\.old-(?P<pid>\d+)$")  # hf_conpet <= 0.3 named backups by pid
+
+
+def _is_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+
+
+def remove_stale_temps(parent: Path, name: str) -> None:
+    """Delete `.<name>.tmp-<pid>-*` files and trees whose writing process is gone."""
+    prefix = _temp_prefix(name)
+    with contextlib.suppress(FileNotFoundError):
+        for entry in parent.iterdir():
+            if not entry.name.startswith(prefix):
+                continue
+            owner = _TEMP_OWNER.match(entry.name[len(prefix):])
+            if owner is None or not _is_alive(int(owner["pid"])):
+                _remove(entry)
 
 
 @contextmanager
-def atomic_directory(destination: str | os.PathLike):
-    """Yield a temp dir beside `destination`; on success it replaces `destination` whole.
+def _directory_lock(parent: Path) -> Iterator[None]:
+    """Serialise swaps and recoveries in `parent` across processes (flock on the directory
+    itself: no lock file to leave behind). Held only around renames, never around user code."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows: the renames alone still keep a complete state
+        yield
+        return
+    fd = os.open(parent, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
-    On any error the temp dir is removed and `destination` is left as it was.
-    """
+
+def _recover_locked(destination: Path) -> None:
+    parent, name = destination.parent, destination.name
+    backups = [parent / _backup_name(name)]
+    with contextlib.suppress(FileNotFoundError):
+        backups += sorted((e for e in parent.iterdir() if (m := _LEGACY_BACKUP.match(e.name)) and m["name"] == name
+                           and not _is_alive(int(m["pid"]))), key=lambda e: e.stat().st_mtime, reverse=True)
+    for backup in backups:
+        if not backup.exists():
+            continue
+        if destination.exists():
+            _remove(backup)  # the new tree made it in; the old one is only garbage now
+        else:  # killed between the two renames: the old tree is the last complete state
+            os.replace(backup, destination)
+            _fsync(parent)
+    remove_stale_temps(parent, name)
+
+
+def recover_directory(destination: str | os.PathLike) -> Path:
+    """Finish or undo an interrupted `atomic_directory` swap of `destination`; returns it."""
+    destination = Path(destination)
+    parent = destination.parent
+    if not parent.is_dir():
+        return destination
+    if not any(e.name.startswith(f".{destination.name}.") for e in parent.iterdir()):
+        return destination  # nothing to do (the common case): no lock, no write
+    with _directory_lock(parent):
+        _recover_locked(destination)
+    return destination
+
+
+# ------------------------------------------------------------------------------ writing
+def _staging_directory(destination: Path) -> Path:
+    staging = Path(tempfile.mkdtemp(prefix=f"{_temp_prefix(destination.name)}{os.getpid()}-", dir=destination.parent))
+    os.chmod(staging, 0o777 & ~current_umask())
+    return staging
+
+
+@contextmanager
+def atomic_directory(destination: str | os.PathLike) -> Iterator[Path]:
+    """Yield a fresh directory beside `destination`; when the block succeeds it replaces
+    `destination` whole (see the module docstring for why this survives a kill at any point).
+    On an error inside the block the staging tree is removed and `destination` is untouched."""
     destination = Path(destination)
     destination.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{destination.name}.tmp-", dir=destination.parent))
+    if destination.exists() and not destination.is_dir():
+        raise FileExistsError(f"{destination} exists and is not a directory")
+    recover_directory(destination)
+    staging = _staging_directory(destination)
     try:
         yield staging
+        fsync_tree(staging)
+        backup = destination.with_name(_backup_name(destination.name))
+        with _directory_lock(destination.parent):
+            _recover_locked(destination)
+            had_old = destination.exists()
+            if had_old:
+                os.replace(destination, backup)
+            os.replace(staging, destination)
+            _fsync(destination.parent)
+            if had_old:
+                _remove(backup)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    backup = None
-    if destination.exists():
-        if not destination.is_dir():
-            shutil.rmtree(staging, ignore_errors=True)
-            raise FileExistsError(f"{destination} exists and is not a directory")
-        backup = destination.with_name(f".{destination.name}.old-{os.getpid()}")
-        shutil.rmtree(backup, ignore_errors=True)
-        os.replace(destination, backup)
-    os.replace(staging, destination)
-    if backup is not None:
-        shutil.rmtree(backup, ignore_errors=True)
 
 
-def write_json(path: str | os.PathLike, data) -> None:
-    Path(path).write_text(json.dumps(data, indent=2, sort_keys=False) + "\n", encoding="utf-8")
+def atomic_write(path: str | os.PathLike, data: bytes | str) -> Path:
+    """Write `data` to `path` so a reader sees the old bytes or the new ones, never a mix."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(path.parent, path.name)
+    fd, temporary = tempfile.mkstemp(prefix=f"{_temp_prefix(path.name)}{os.getpid()}-", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data.encode("utf-8") if isinstance(data, str) else data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(temporary, 0o666 & ~current_umask())
+        os.replace(temporary, path)
+        _fsync(path.parent)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temporary)
+        raise
+    return path
 
 
-def read_json(path: str | os.PathLike):
-    return json.loads(Path(path).read_text(encoding="utf-8"))
+def json_text(data: Any) -> str:
+    return json.dumps(data, indent=2, ensure_ascii=False) + "\n"
+
+
+def atomic_write_json(path: str | os.PathLike, data: Any) -> Path:
+    return atomic_write(path, json_text(data))
+
+
+def write_json(path: str | os.PathLike, data: Any) -> None:
+    """Plain write, for files inside an `atomic_directory` staging tree (made durable as a whole)."""
+    Path(path).write_text(json_text(data), encoding="utf-8")
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    """JSON from `path`; a malformed file is a ValueError that names it."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path} is not valid JSON: {error}") from None
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{path} is not UTF-8 text: {error}") from None

@@ -40,12 +40,12 @@ import contextlib
 import dataclasses
 import json
 import logging
-import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Sequence
+
+from ._io import atomic_directory, atomic_write_json
 
 __all__ = ["DEFAULTS", "main"]
 
@@ -432,28 +432,15 @@ def _cli_trainer_class():
     return CliContinualTrainer
 
 
-def _write_json_atomic(path: Path, data: Any) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(data, handle, indent=2)
-            handle.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _publish(output: Path, model, metrics: dict[str, Any]) -> Path:
     """The final outputs: the system (with its card and plot) built aside and renamed into place."""
-    from ._io import atomic_directory
     from .hub import write_model_card
 
     system = output / SYSTEM_DIR
     with atomic_directory(system) as staging:
         model.write_layout(staging, metrics=metrics)
         write_model_card(staging)
-    _write_json_atomic(output / METRICS_FILE, metrics)
+    atomic_write_json(output / METRICS_FILE, metrics)
     return system
 
 
@@ -497,7 +484,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     # Everything above only read; from here on the output directory is written.
     output.mkdir(parents=True, exist_ok=True)
-    _write_json_atomic(output / RUN_ARGS_FILE, settings)
+    atomic_write_json(output / RUN_ARGS_FILE, settings)
     log_path = output / LOG_FILE
     trainer_class = _cli_trainer_class()
     progress = _make_progress_callback()

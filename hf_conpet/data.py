@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from datasets import Dataset, Features, Value, concatenate_datasets
 
-from ._io import validate_task_name
+from .names import validate_task_name
 from .metrics import normalize_answer
 
 __all__ = [

@@ -29,10 +29,10 @@ import importlib.util
 import json
 import os
 import re
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
+
+from ._io import atomic_directory
 
 __all__ = [
     "CHAT_EOS_TOKEN",
@@ -182,17 +182,6 @@ def _exclusive(lock_path: Path):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def _publish(staging: Path, final: Path) -> None:
-    """Move a finished temp dir into place, replacing a stale copy, never exposing half of one."""
-    old = None
-    if final.exists():
-        old = final.with_name(f".{final.name}.old-{os.getpid()}")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(final, old)
-    os.replace(staging, final)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
 
 def convert_gguf(gguf_path: str | os.PathLike, out_dir: str | os.PathLike, record: dict[str, Any] | None = None) -> None:
     """Dequantise a GGUF checkpoint to fp32 safetensors + tokenizer in ``out_dir``.
@@ -285,13 +274,8 @@ def resolve_base_model(
     with _exclusive(root / f".{final.name}.lock"):
         if _cache_is_valid(final, record):  # another process finished it while we waited
             return str(final)
-        staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=root))
-        try:
+        with atomic_directory(final) as staging:
             convert_gguf(gguf_path, staging, record)
-            _publish(staging, final)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
     return str(final)
 
 

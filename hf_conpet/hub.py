@@ -14,7 +14,6 @@ import logging
 import os
 import re
 import sys
-import tempfile
 from importlib import resources
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
@@ -23,7 +22,8 @@ from huggingface_hub import CommitInfo, CommitOperationAdd, EvalResult, HfApi, M
 from huggingface_hub import constants as hf_constants
 from huggingface_hub import snapshot_download
 
-from ._io import validate_task_name
+from ._io import atomic_write
+from .names import validate_task_name
 from .saved_layout import MANIFEST_NAME
 
 __all__ = [
@@ -502,19 +502,10 @@ def write_model_card(
         plot_accuracy_matrix(matrix, names, folder / MATRIX_IMAGE_NAME,
                              title=f"{repo_id or 'hf_conpet'}: accuracy after each task")
     card = render_model_card(manifest, metrics, repo_id, matrix_image=MATRIX_IMAGE_NAME if matrix else None)
-    _atomic_write_text(folder / CARD_NAME, card.content)
+    atomic_write(folder / CARD_NAME, card.content)
     return card
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 # -------------------------------------------------------------------------------- push/pull

@@ -27,7 +27,8 @@ from peft import LoraConfig, PeftModel, PeftType, TaskType
 from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoModelForSequenceClassification
 
 from . import __version__, merging, saved_layout
-from ._io import atomic_directory, validate_task_name
+from ._io import atomic_directory
+from .names import validate_task_name
 from .base_models import IncompatibleBaseModelError, base_model_fingerprint, base_model_id, check_base_model, load_base_model
 from .config import FORMAT_VERSION, ConPetConfig
 from .features import FeatureSpec, backbone_features, feature_size

@@ -6,9 +6,9 @@ state, no GUI backend, safe in a training process and in threads.
 
 from __future__ import annotations
 
+import io
 import math
 import os
-import tempfile
 from pathlib import Path
 from typing import Sequence
 
@@ -16,6 +16,8 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
+
+from ._io import atomic_write
 
 __all__ = ["accuracy_matrix_array", "plot_accuracy_matrix"]
 
@@ -104,15 +106,10 @@ def plot_accuracy_matrix(
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            # No "Software" entry: the bytes then depend on the data, not on the matplotlib version.
-            fig.savefig(handle, format="png", metadata={"Software": None})
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
+    buffer = io.BytesIO()
+    # No "Software" entry: the bytes then depend on the data, not on the matplotlib version.
+    fig.savefig(buffer, format="png", metadata={"Software": None})
+    atomic_write(path, buffer.getvalue())
     return path
 
 

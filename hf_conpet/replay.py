@@ -29,7 +29,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 import warnings
 from dataclasses import dataclass
 from typing import Any, Iterator, Mapping, Sequence
@@ -37,6 +36,8 @@ from typing import Any, Iterator, Mapping, Sequence
 import numpy as np
 
 import datasets
+
+from ._io import atomic_write
 
 MEMORY_FORMAT_VERSION = 1
 MEMORY_MANIFEST = "replay_memory.json"
@@ -227,7 +228,7 @@ class ReplayMemory:
                         f"ReplayMemory.save: row {position} of task {task} is not JSON-serialisable "
                         f"({error}); store plain values (text, numbers, lists)"
                     ) from error
-            _atomic_write(os.path.join(directory, file_name), "".join(line + "\n" for line in lines))
+            atomic_write(os.path.join(directory, file_name), "".join(line + "\n" for line in lines))
             entries.append(
                 {
                     "task_index": task,
@@ -248,7 +249,7 @@ class ReplayMemory:
             "tasks": entries,
         }
         # The manifest goes last: a reader never sees it pointing at files not yet written.
-        _atomic_write(os.path.join(directory, MEMORY_MANIFEST), json.dumps(manifest, indent=2))
+        atomic_write(os.path.join(directory, MEMORY_MANIFEST), json.dumps(manifest, indent=2))
 
     @classmethod
     def load(cls, directory: str | os.PathLike) -> "ReplayMemory":
@@ -736,15 +737,3 @@ def _flatten_quietly(rows: datasets.Dataset) -> datasets.Dataset:
         if not was_disabled:
             enable_progress_bars()
 
-
-def _atomic_write(path: str, text: str) -> None:
-    directory = os.path.dirname(os.path.abspath(path))
-    handle, temporary = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=os.path.basename(path))
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            stream.write(text)
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-        raise
