@@ -4,7 +4,7 @@ One Trainer trains one task (its optimizer is built from the parameters that req
 train start, so the task is added first). The callback hands the Trainer that task's training
 set (`train_dataset(task)`) and, when training ends: freezes the task, lets the selector learn
 it, stores the task in replay memory, evaluates every task seen so far (one row of the accuracy
-matrix), and writes a resumable checkpoint.
+matrix), and writes a resumable checkpoint (`checkpoint.py`).
 """
 
 from __future__ import annotations
@@ -19,18 +19,20 @@ import torch
 from torch.utils.data import DataLoader
 from transformers import TrainerCallback
 
-from ._io import atomic_directory, read_json, write_json
+from . import checkpoint
+from ._io import read_json
 from .data import NON_MODEL_KEYS
 from .evaluation import AnswerCache, evaluate_task
 from .methods import get_method
 from .metrics import ContinualMetrics
 from .replay import ReplayMemory, build_replay_dataset
+from .rng_state import generators_untouched
 from .selectors import TaskEndContext
 
 logger = logging.getLogger(__name__)
 
-CHECKPOINT_DIR = "checkpoint"
-PROGRESS_FILE = "progress.json"
+CHECKPOINT_DIR = checkpoint.CHECKPOINT_DIR
+PROGRESS_FILE = checkpoint.PROGRESS_FILE
 COLLATOR_KIND = {"causal_lm": "causal_lm", "seq2seq_lm": "seq2seq", "sequence_classification": "classification"}
 
 
@@ -98,6 +100,13 @@ class ContinualCallback(TrainerCallback):
         self.history: list[dict[str, Any]] = []
         # Frozen per-task modules answer an example the same way in every row of the matrix.
         self.answer_cache = AnswerCache() if self.method.module_per_task else None
+        # What must not change between a run and its resume (a front end adds its own: learning rate, ...).
+        self.run_settings: dict[str, Any] = {
+            "batch_size": batch_size, "batches_per_task": self.batches_per_task, "replay_ratio": self.replay_ratio,
+            "max_length": max_length, "max_eval_examples": max_eval_examples, "selector_steps": selector_steps,
+            "selector_batch_size": selector_batch_size, "seed": seed, "memory_strategy": self.memory.strategy,
+            "memory_capacity": self.memory.capacity,
+        }
 
     # ----- what the Trainer trains on ---------------------------------------------------------
     @property
@@ -126,14 +135,18 @@ class ContinualCallback(TrainerCallback):
     def on_train_end(self, args, state, control, **kwargs):
         if self.current_task is None:
             raise RuntimeError("ContinualCallback: training ended but no task was started (call train_dataset(task) first)")
-        if self.method.train_data == "all":
-            self.finish_all_tasks()
-        else:
-            self.finish_task(self.current_task)
+        # The between-task work draws what its caches make it draw (a resumed process has none), so
+        # it must not move the generators the next task's init and dropout draw from (rng_state.py).
+        with generators_untouched() as generators:
+            if self.method.train_data == "all":
+                self.finish_all_tasks()
+            else:
+                self.finish_task(self.current_task)
+            self.save_checkpoint(generators)
         return control
 
     def finish_task(self, task) -> dict[str, Any]:
-        """Freeze, update selector and memory, evaluate all seen tasks, checkpoint."""
+        """Freeze, update selector and memory, evaluate all seen tasks (then `save_checkpoint`)."""
         model = self.model
         if self.method.module_per_task:
             model.freeze_tasks()
@@ -153,7 +166,6 @@ class ContinualCallback(TrainerCallback):
         self.finished.append(task.name)
         self.current_task = None
         self.history.append(record)
-        self.save_checkpoint()
         return record
 
     def finish_all_tasks(self) -> dict[str, Any]:
@@ -167,7 +179,6 @@ class ContinualCallback(TrainerCallback):
         record = {"task": "all", "scores": {s.task: s.accuracy for s in scores}}
         self.history.append(record)
         self.current_task = None
-        self.save_checkpoint()
         return record
 
     def _evaluate_row(self, seen) -> dict[str, Any]:
@@ -209,42 +220,50 @@ class ContinualCallback(TrainerCallback):
             yield {k: v.to(device) for k, v in batch.items() if torch.is_tensor(v)}
 
     # ----- checkpoint / resume ----------------------------------------------------------------
-    def save_checkpoint(self) -> Path | None:
-        """`<output_dir>/checkpoint/`: the saved system + replay memory + metrics + progress, atomically."""
+    def save_checkpoint(self, generators: tuple[dict, dict] | None = None) -> Path | None:
+        """`<output_dir>/checkpoint/`: system, replay memory, metrics, progress, and the generator
+        states the next task starts from (`generators`; default: the current ones)."""
         if self.output_dir is None:
             return None
-        destination = self.output_dir / CHECKPOINT_DIR
-        with atomic_directory(destination) as staging:
-            self.model.write_layout(staging, metrics=self.metrics.to_dict())
-            self.memory.save(staging / "replay")
-            write_json(staging / "metrics.json", self.metrics.to_dict())
-            write_json(staging / PROGRESS_FILE, {
-                "method": self.method.name, "stream": list(self.stream.names), "finished": self.finished,
-                "seed": self.seed, "history": self.history,
-            })
-        return destination
+        progress = {
+            "method": self.method.name, "stream": list(self.stream.names), "finished": self.finished,
+            "seed": self.seed, "settings": self.run_settings, "history": self.history,
+        }
+        return checkpoint.write_checkpoint(self.output_dir / CHECKPOINT_DIR, self.model, self.memory,
+                                           self.metrics.to_dict(), progress, generators)
 
     def resume(self) -> list[str]:
-        """Load the last checkpoint into the (task-less) model; returns the tasks already finished."""
-        if self.output_dir is None or not (self.output_dir / CHECKPOINT_DIR / PROGRESS_FILE).is_file():
+        """Load the last checkpoint into the (task-less) model and put the global generators where
+        the run left them; returns the tasks already finished (in a user's own loop: skip them)."""
+        if self.output_dir is None:
             return []
-        checkpoint = self.output_dir / CHECKPOINT_DIR
-        progress = read_json(checkpoint / PROGRESS_FILE)
+        directory = self.output_dir / CHECKPOINT_DIR
+        progress = checkpoint.read_progress(directory)
+        if progress is None:
+            return []
+        finished = progress["finished"]
         if progress["method"] != self.method.name:
-            raise ValueError(f"{checkpoint} is a {progress['method']!r} run; cannot resume it as {self.method.name!r}")
-        if progress["stream"][: len(progress["finished"])] != list(self.stream.names)[: len(progress["finished"])]:
-            raise ValueError(f"{checkpoint} trained tasks {progress['finished']} in another order than this stream {self.stream.names}")
-        self.model.load_system(checkpoint, strict_base_model_id=False)
+            raise checkpoint.ResumeMismatchError(
+                f"{directory} is a {progress['method']!r} run; cannot resume it as {self.method.name!r}")
+        if list(self.stream.names)[: len(finished)] != finished:
+            raise checkpoint.ResumeMismatchError(
+                f"{directory} finished tasks {finished}; this stream {list(self.stream.names)} does not start with them")
+        differences = checkpoint.settings_differences(progress.get("settings", {}), self.run_settings)
+        if differences:
+            raise checkpoint.ResumeMismatchError(
+                f"cannot resume {directory} with other settings than it was run with: " + "; ".join(differences))
+        self.model.load_system(directory, strict_base_model_id=False)
         if not self.method.module_per_task and self.model.num_tasks:
             self.model.thaw_last_task()
-        self.memory = ReplayMemory.load(checkpoint / "replay")
-        saved = ContinualMetrics.from_dict(read_json(checkpoint / "metrics.json"))
+        self.memory = ReplayMemory.load(directory / checkpoint.REPLAY_DIR)
+        saved = ContinualMetrics.from_dict(read_json(directory / checkpoint.METRICS_FILE))
         self.metrics = ContinualMetrics(  # this stream may extend the saved one
             task_names=list(self.stream.names), matrix=saved.matrix, selector_counts=saved.selector_counts,
             single_task_scores=self.metrics.single_task_scores,
         )
-        self.finished = list(progress["finished"])
+        self.finished = list(finished)
         self.history = list(progress.get("history", []))
-        logger.info("resumed %s after %s", checkpoint, self.finished)
+        checkpoint.restore_generators(directory)
+        logger.info("resumed %s after %s", directory, self.finished)
         return self.finished
 

@@ -56,6 +56,14 @@ def build_optimizer(model, args: TrainingArguments) -> torch.optim.Optimizer | N
     )
 
 
+def training_settings(args: TrainingArguments) -> dict:
+    """The optimiser settings a resumed run must share with the run it continues."""
+    names = ("learning_rate", "weight_decay", "lr_scheduler_type", "warmup_steps", "gradient_accumulation_steps",
+             "max_grad_norm", "adam_beta1", "adam_beta2", "adam_epsilon", "optim", "bf16", "fp16")
+    plain = lambda value: getattr(value, "value", value)  # noqa: E731 - enums (scheduler, optim) as their string
+    return {name: plain(getattr(args, name)) for name in names if hasattr(args, name)}
+
+
 class ContinualTrainer:
     def __init__(
         self,
@@ -79,6 +87,7 @@ class ContinualTrainer:
             model, stream, method, output_dir=args.output_dir, batch_size=args.per_device_train_batch_size,
             batches_per_task=batches_per_task, seed=args.seed, **callback_options,
         )
+        self.callback.run_settings.update(training_settings(args))
         self.extra_callbacks = list(callbacks or [])
 
     @property
