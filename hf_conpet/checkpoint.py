@@ -38,8 +38,8 @@ class ResumeMismatchError(ValueError):
 
 
 # ----------------------------------------------------------------------------- settings
-def settings_differences(recorded: dict[str, Any], given: dict[str, Any]) -> list[str]:
-    """`name: recorded R, now G` for every setting both sides name with different values."""
+def settings_differences(recorded: dict[str, Any], given: dict[str, Any], recorded_as: str = "checkpoint") -> list[str]:
+    """`name: checkpoint R, now G` for every setting both sides name with different values."""
     differences = []
     for name in sorted(set(recorded) & set(given)):
         old, new = recorded[name], given[name]
@@ -48,7 +48,7 @@ def settings_differences(recorded: dict[str, Any], given: dict[str, Any]) -> lis
         else:
             same = old == new
         if not same:
-            differences.append(f"{name}: checkpoint {old!r}, now {new!r}")
+            differences.append(f"{name}: {recorded_as} {old!r}, now {new!r}")
     return differences
 
 

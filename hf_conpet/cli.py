@@ -45,7 +45,7 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from ._io import atomic_directory, atomic_write_json
+from ._io import atomic_directory, atomic_write_json, recover_directory
 
 __all__ = ["DEFAULTS", "main"]
 
@@ -239,6 +239,26 @@ def _resolve_settings(args: argparse.Namespace, recorded: dict[str, Any] | None)
     return settings
 
 
+def _check_unchanged(args: argparse.Namespace, recorded: dict[str, Any], output: Path) -> None:
+    """A resumed run keeps its settings: refuse, naming each one, what the command line changes
+    (before anything is written, so the plain `--resume` still works afterwards). `--tasks` may
+    extend the recorded stream."""
+    from .checkpoint import settings_differences
+
+    given = {key: value for key, value in _resolve_settings(args, None).items() if getattr(args, key, None) is not None}
+    tasks = given.pop("tasks", None)
+    recorded_tasks = recorded.get("tasks")
+    differences = settings_differences({k: v for k, v in recorded.items() if k in DEFAULTS}, given, "recorded")
+    if tasks is not None and isinstance(recorded_tasks, list) and tasks[: len(recorded_tasks)] != recorded_tasks:
+        differences.append(f"tasks: recorded {','.join(recorded_tasks)}, now {','.join(tasks)} (may only be extended)")
+    if differences:
+        flags = ", ".join("--" + d.split(":")[0].replace("_", "-") for d in differences)
+        raise CliError(
+            f"cannot resume {output} with other settings than it was started with: {'; '.join(differences)}. "
+            f"Drop {flags} to continue the run as recorded in {output / RUN_ARGS_FILE}, or start a new --output"
+        )
+
+
 def _data_dir(settings: dict[str, Any]) -> Path:
     from .default_model import DEFAULT_DATA_DIR
 
@@ -285,6 +305,8 @@ def _check_output(output: Path, resume: bool) -> dict[str, Any] | None:
     """Refuse to overwrite a run without --resume; return the recorded settings when resuming."""
     if output.exists() and not output.is_dir():
         raise CliError(f"--output {output} exists and is not a directory")
+    for name in (CHECKPOINT_DIR, SYSTEM_DIR):  # finish or undo a swap that a kill interrupted
+        recover_directory(output / name)
     existing = [name for name in (CHECKPOINT_DIR, SYSTEM_DIR, METRICS_FILE) if (output / name).exists()]
     if existing and not resume:
         raise CliError(
@@ -296,10 +318,15 @@ def _check_output(output: Path, resume: bool) -> dict[str, Any] | None:
 
 def _check_resumable(output: Path, method: str, tasks: list[str]) -> list[str]:
     """Tasks the checkpoint has finished; refuses (one line) a checkpoint this run cannot continue."""
-    progress = _read_json_or_none(output / CHECKPOINT_DIR / "progress.json")
-    if not isinstance(progress, dict):
+    from .checkpoint import read_progress
+
+    try:
+        progress = read_progress(output / CHECKPOINT_DIR)
+    except ValueError as error:
+        raise CliError(f"cannot resume {output}: {_one_line(error)}") from None
+    if progress is None:
         return []
-    finished = list(progress.get("finished") or [])
+    finished = progress["finished"]
     if progress.get("method") != method:
         raise CliError(f"cannot resume {output}: it is a {progress.get('method')!r} run, not {method!r} (drop --method)")
     if tasks[: len(finished)] != finished:
@@ -454,6 +481,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     output = Path(args.output or DEFAULT_OUTPUT).expanduser()
     recorded = _check_output(output, args.resume)
+    if recorded is not None:
+        _check_unchanged(args, recorded, output)
     settings = _resolve_settings(args, recorded)
     method = settings["method"]
     if method not in METHODS:

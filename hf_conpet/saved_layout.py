@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from . import __version__
-from ._io import read_json, write_json
+from ._io import read_json, recover_directory, write_json
 from .config import FORMAT_VERSION
 from .selectors import SELECTOR_CLASSES, TaskSelector
 
@@ -81,6 +82,8 @@ def load_selector(selector_dir: Path, kind: str, device: torch.device) -> TaskSe
 
 def resolve_system_dir(model_id_or_path, revision=None, token=None, endpoint=None, cache_dir=None) -> Path:
     path = Path(model_id_or_path)
+    with contextlib.suppress(OSError):  # a save killed mid-swap: finish or undo it (if we may write here)
+        recover_directory(path)
     if path.is_dir():
         return path
     from .hub import download_system

@@ -194,6 +194,33 @@ def test_resume_after_a_killed_run_trains_only_the_unfinished_task(one_thread, t
     assert [sum(v is not None for v in row) for row in metrics.matrix] == [1, 2]
 
 
+def test_resume_with_a_changed_setting_is_refused_up_front_and_plain_resume_still_works(
+        one_thread, tiny_model, tiny_data, tmp_path, monkeypatch, capfd):
+    output = tmp_path / "out"
+    original = ContinualCallback.train_dataset
+
+    def killed_at_beta(self, task):
+        if task.name == "beta":
+            raise KeyboardInterrupt
+        return original(self, task)
+
+    monkeypatch.setattr(ContinualCallback, "train_dataset", killed_at_beta)
+    assert cli.main(run_args(tiny_model, tiny_data, output)) == 130
+    monkeypatch.setattr(ContinualCallback, "train_dataset", original)
+    recorded = (output / "run_args.json").read_bytes()
+    before = {p: p.stat().st_mtime_ns for p in output.rglob("*") if p.is_file()}
+    capfd.readouterr()
+    status = cli.main(["run", "--output", str(output), "--resume", "--max-steps-per-task", "10", "--seed", "3"])
+    err = capfd.readouterr().err
+    assert status == 2 and err.count("\n") == 1
+    assert "max_steps_per_task: recorded 2, now 10" in err and "seed: recorded 0, now 3" in err
+    assert "--max-steps-per-task" in err and "--seed" in err
+    assert (output / "run_args.json").read_bytes() == recorded
+    assert {p: p.stat().st_mtime_ns for p in output.rglob("*") if p.is_file()} == before
+    # the same values as recorded are not a change; the plain --resume the error advises works
+    assert cli.main(["run", "--output", str(output), "--resume", "--max-steps-per-task", "2"]) == 0
+
+
 @pytest.mark.parametrize(
     "change, expected",
     [
