@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+import torch
 import torch.nn as nn
 
 
@@ -24,21 +25,93 @@ def base_model_id(model: nn.Module) -> str | None:
         return None
 
 
+#: Layers and values per layer sampled into the weight fingerprint.
+FINGERPRINT_LAYERS, FINGERPRINT_VALUES = 4, 16
+#: Relative RMS difference of the samples tolerated across dtypes (bf16 rounding is ~0.3%) and
+#: across quantization (NF4 / int8 dequantised: ~10%). Same dtype, not quantized: exact.
+DTYPE_TOLERANCE, QUANTIZED_TOLERANCE = 0.02, 0.3
+
+
 def base_model_fingerprint(model: nn.Module, target_paths: list[str]) -> dict[str, Any]:
     """What must match for saved task LoRAs to mean the same thing on another copy of the model."""
     from .default_model import model_revision
 
     config = getattr(model, "config", None)
+    linears = {path: _base_linear(model.get_submodule(path)) for path in target_paths}
     return {
         "name_or_path": base_model_id(model),
         "revision": model_revision(model) if config is not None else None,
         "model_type": getattr(config, "model_type", None),
         "architectures": getattr(config, "architectures", None),
-        "target_shapes": {path: [model.get_submodule(path).out_features, model.get_submodule(path).in_features] for path in target_paths},
+        "target_shapes": {path: [linear.out_features, linear.in_features] for path, linear in linears.items()},
+        "weights": weight_samples(linears),
     }
 
 
-def check_base_model(saved: dict[str, Any], offered: dict[str, Any], strict_id: bool) -> None:
+def _base_linear(module: nn.Module) -> nn.Module:
+    return getattr(module, "base_layer", module)
+
+
+def weight_samples(linears: dict[str, nn.Module]) -> dict[str, Any] | None:
+    """A few weight values at fixed positions of a few target layers: enough to tell another model
+    of the same shapes (a different checkpoint, a random init), cheap at every save, and readable
+    from a quantized copy (dequantised) too. None where weights are not materialised (meta)."""
+    paths = sorted(linears)
+    paths = paths[:: max(1, len(paths) // FINGERPRINT_LAYERS)][:FINGERPRINT_LAYERS]
+    samples, dtypes, quantized = [], set(), False
+    for path in paths:
+        linear = linears[path]
+        weight = linear.weight
+        if weight.device.type == "meta":
+            return None
+        if not weight.dtype.is_floating_point or type(weight).__name__ in ("Params4bit", "Int8Params"):
+            weight, quantized = _dequantized(weight), True
+            if weight is None:
+                return None
+        dtypes.add(str(weight.dtype).replace("torch.", ""))
+        flat = weight.detach().reshape(-1)
+        positions = torch.randint(flat.numel(), (FINGERPRINT_VALUES,), generator=torch.Generator().manual_seed(flat.numel()))
+        samples += flat[positions.to(flat.device)].float().cpu().tolist()
+    return {"layers": paths, "samples": samples, "dtype": "quantized" if quantized else ",".join(sorted(dtypes))}
+
+
+def _dequantized(weight: torch.Tensor) -> torch.Tensor | None:
+    """bitsandbytes 4-bit / 8-bit weights as floats, without touching the layer's state (PEFT's
+    helper sets the 8-bit layer's `state.SCB`, which breaks its next matmul on CPU)."""
+    kind = type(weight).__name__
+    if kind == "Params4bit":
+        import bitsandbytes as bnb
+
+        return bnb.functional.dequantize_4bit(weight.data, weight.quant_state)
+    scales = getattr(weight, "SCB", None)
+    if kind == "Int8Params" and scales is not None:
+        return weight.data.float() * scales.float().view(-1, 1) / 127.0
+    return None
+
+
+def weights_problem(saved: dict[str, Any] | None, offered: dict[str, Any] | None) -> str | None:
+    """Why the offered base's weights are not the saved system's (None: they match, or either
+    side has no fingerprint: a system saved before 0.4, or weights on the meta device)."""
+    if not saved or not offered or saved.get("layers") != offered.get("layers"):
+        return None
+    a = torch.tensor(saved["samples"], dtype=torch.float64)
+    b = torch.tensor(offered["samples"], dtype=torch.float64)
+    if a.shape != b.shape:
+        return None
+    if saved.get("dtype") == offered.get("dtype") != "quantized":
+        if torch.equal(a, b):
+            return None
+        return (f"its weights differ from the ones the system was trained on ({int((a != b).sum())} of {a.numel()} "
+                f"sampled values in {len(saved['layers'])} layers, same dtype {saved.get('dtype')})")
+    difference = float((a - b).norm() / a.norm().clamp_min(1e-12))
+    tolerance = QUANTIZED_TOLERANCE if "quantized" in (saved.get("dtype"), offered.get("dtype")) else DTYPE_TOLERANCE
+    if difference <= tolerance:
+        return None
+    return (f"its weights differ from the ones the system was trained on (relative difference {difference:.3g} over "
+            f"{a.numel()} sampled values, tolerance {tolerance} for {saved.get('dtype')} vs {offered.get('dtype')})")
+
+
+def check_base_model(saved: dict[str, Any], offered: dict[str, Any], strict_id: bool, strict_weights: bool = True) -> None:
     problems = []
     if saved.get("model_type") != offered.get("model_type"):
         problems.append(f"model_type {offered.get('model_type')!r} != saved {saved.get('model_type')!r}")
@@ -51,6 +124,8 @@ def check_base_model(saved: dict[str, Any], offered: dict[str, Any], strict_id: 
     saved_id, offered_id = saved.get("name_or_path"), offered.get("name_or_path")
     if strict_id and saved_id and offered_id and saved_id != offered_id and not (os.path.isdir(saved_id) or os.path.isdir(offered_id)):
         problems.append(f"base model id {offered_id!r} != saved {saved_id!r} (pass strict_base_model_id=False if they are the same weights)")
+    if strict_weights and not problems and (problem := weights_problem(saved.get("weights"), offered.get("weights"))):
+        problems.append(problem + " (pass strict_base_weights=False if you mean to use these weights)")
     if problems:
         raise IncompatibleBaseModelError("The base model does not match the saved system: " + "; ".join(problems))
 

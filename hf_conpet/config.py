@@ -147,11 +147,22 @@ class ConPetConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "ConPetConfig":
+        """From JSON (a saved manifest): unknown keys and values of the wrong type are refused by name."""
+        if not isinstance(values, dict):
+            raise ValueError(f"A ConPetConfig must be a JSON object, got {type(values).__name__}")
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
             raise ValueError(f"Unknown ConPetConfig keys: {unknown}; known keys are {sorted(known)}")
+        problems = [problem for name, value in values.items() if (problem := _type_problem(name, value))]
+        if problems:
+            raise ValueError("Invalid ConPetConfig: " + "; ".join(problems))
         return cls(**values)
+
+    def differences(self, other: "ConPetConfig") -> list[str]:
+        """`field: this, other` for every field that differs."""
+        mine, theirs = self.to_dict(), other.to_dict()
+        return [f"{name}: {mine[name]!r} vs {theirs[name]!r}" for name in mine if mine[name] != theirs[name]]
 
     def to_json_string(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
@@ -159,6 +170,32 @@ class ConPetConfig:
     @classmethod
     def from_json_string(cls, text: str) -> "ConPetConfig":
         return cls.from_dict(json.loads(text))
+
+
+_FIELD_TYPES = {
+    "r": int, "lora_alpha": float, "lora_dropout": float, "target_modules": (list, type(None)), "selector": str,
+    "top_k": int, "new_task_init": str, "replay_ratio": float, "batches_per_task": (int, type(None)),
+    "regularizer": str, "regularizer_weight": float, "selector_learning_rate": (float, type(None)),
+    "autocast_adapter_dtype": bool, "selector_options": dict,
+}
+
+
+def _type_problem(name: str, value: Any) -> str | None:
+    import math
+
+    expected = _FIELD_TYPES.get(name)
+    if expected is None:
+        return None
+    kinds = expected if isinstance(expected, tuple) else (expected,)
+    if value is None:
+        return None if type(None) in kinds else f"{name} must not be null"
+    if isinstance(value, bool):
+        return None if bool in kinds else f"{name} must be a {kinds[0].__name__}, got {value!r}"
+    if float in kinds and isinstance(value, (int, float)):
+        return None if math.isfinite(value) else f"{name} must be finite, got {value!r}"
+    if not isinstance(value, kinds):
+        return f"{name} must be a {kinds[0].__name__}, got {type(value).__name__} {value!r}"[:200]
+    return None
 
 
 def resolve_target_modules(model, target_modules: list[str] | None) -> list[str]:

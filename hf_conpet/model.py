@@ -107,11 +107,19 @@ class ConPetModel(PeftModel):
 
     def add_task(self, name: str, labels: list[str] | None = None, instruction: str | None = None, **metadata) -> TaskInfo:
         """Freeze every earlier task and open a new trainable LoRA (plus task head) for `name`."""
+        # Everything that can be refused is checked before anything changes: a failed add_task
+        # leaves the model exactly as it was.
         validate_task_name(name)
         if self.selector is not None:
             self._check_selector_size()
         if name in self.task_names:
             raise ValueError(f"Task {name!r} is already registered (tasks: {self.task_names})")
+        if labels is not None and (isinstance(labels, str) or not all(isinstance(label, str) for label in labels)
+                                   or len(set(labels)) != len(labels)):
+            raise ValueError(f"Task {name!r}: labels must be a list of distinct strings, got {labels!r}")
+        if instruction is not None and not isinstance(instruction, str):
+            raise ValueError(f"Task {name!r}: instruction must be a string, got {type(instruction).__name__}")
+        self._check_task_head(name, labels)
         init_from = self.num_tasks - 1 if self.conpet_config.new_task_init == "previous" and self.tasks else None
         for layer in self.base_model.lora_layers().values():
             layer.add_task(init_from=init_from)
@@ -197,6 +205,8 @@ class ConPetModel(PeftModel):
                     f"routing_weights must have shape [batch, num_tasks] = {list(expected)}, "
                     f"got {list(routing_weights.shape)}"
                 )
+            if routing_weights.is_floating_point() and not torch.isfinite(routing_weights).all():
+                raise RoutingError("routing_weights hold NaN or inf values")
             return RoutingPlan(weights=routing_weights.float())
         if self.selector is None:
             raise RoutingError(
@@ -237,6 +247,7 @@ class ConPetModel(PeftModel):
             input_ids, attention_mask = encoded["input_ids"], encoded.get("attention_mask")
         else:
             input_ids, attention_mask = inputs["input_ids"], inputs.get("attention_mask")
+        _check_prompts(input_ids, attention_mask)
         with torch.no_grad():
             return self.selector.task_probabilities(self.selector_features(
                 input_ids.to(self._device), None if attention_mask is None else attention_mask.to(self._device)))
@@ -289,6 +300,8 @@ class ConPetModel(PeftModel):
         micro-batch's share of `num_items_in_batch` (what the Trainer passes under gradient
         accumulation), so an optimizer step counts each of them once, however it is accumulated.
         """
+        if input_ids is not None and input_ids.dim() == 2 and input_ids.shape[1] == 0:
+            raise ValueError("input_ids has no tokens (an empty prompt): give every example at least one token")
         batch_size = _batch_size(input_ids, kwargs.get("inputs_embeds"))
         labels, num_items = kwargs.get("labels"), kwargs.get("num_items_in_batch")
         if self.routing.adapters_disabled:  # the base model alone, its own loss included
@@ -341,6 +354,7 @@ class ConPetModel(PeftModel):
 
     def generate(self, input_ids=None, attention_mask=None, task_ids=None, routing_weights=None, routing_plan=None, **kwargs):
         """Route once on the prompt; every decoding step (KV cache on) keeps those weights."""
+        _check_prompts(input_ids, attention_mask)
         batch_size = _batch_size(input_ids, kwargs.get("inputs_embeds"))
         if self.routing.adapters_disabled:
             plan = None
@@ -419,6 +433,9 @@ class ConPetModel(PeftModel):
         raise NotImplementedError("ConPetModel routes per example: pass task_ids or use the selector")
 
     # ----- task heads (sequence classification overrides these) -------------------------------
+    def _check_task_head(self, name: str, labels: list[str] | None) -> None:
+        """Refuse, before anything changes, a task the head cannot take (classification: no labels)."""
+
     def _add_task_head(self, task: TaskInfo) -> None:
         pass
 
@@ -536,6 +553,7 @@ class ConPetModel(PeftModel):
         revision: str | None = None,
         token: str | bool | None = None,
         strict_base_model_id: bool = True,
+        strict_base_weights: bool = True,
         endpoint: str | None = None,
         cache_dir: str | os.PathLike | None = None,
         **base_kwargs,
@@ -544,7 +562,10 @@ class ConPetModel(PeftModel):
 
         `model_id_or_path` is a local folder or a Hub repo id (fetched from `endpoint`, else
         `HF_ENDPOINT` read at call time). `token`, `endpoint` and `cache_dir` also serve the base
-        model's download; `base_kwargs` go to its `from_pretrained` (e.g. `dtype`).
+        model's download; `base_kwargs` go to its `from_pretrained` (e.g. `dtype`). A `base_model`
+        whose weights are not the ones the system was trained on (told by a sample of its weights
+        recorded in the manifest, tolerant of dtype and quantization) is refused unless
+        `strict_base_weights=False`; on any failure `base_model` is left unwrapped.
         """
         directory = saved_layout.resolve_system_dir(model_id_or_path, revision=revision, token=token, endpoint=endpoint, cache_dir=cache_dir)
         manifest = read_manifest(directory)
@@ -562,47 +583,79 @@ class ConPetModel(PeftModel):
                 cls.auto_model_class, base_id, manifest["base_model"].get("revision"), base_kwargs,
                 token=token, endpoint=endpoint, cache_dir=cache_dir,
             )
-        config = ConPetConfig.from_dict(manifest["config"])
+        config = _manifest_config(manifest, directory)
         model = cls(base_model, config, tokenizer=tokenizer)
-        model.load_system(directory, strict_base_model_id=strict_base_model_id, manifest=manifest)
+        try:
+            model.load_system(directory, strict_base_model_id=strict_base_model_id,
+                              strict_base_weights=strict_base_weights, manifest=manifest)
+        except BaseException:
+            model.base_model.restore_base_model()  # the caller's base_model is theirs again, as it was
+            raise
         # kept for push_to_hub's card, which uses them only while the task list is unchanged
         model._loaded_metrics = (tuple(model.task_names), manifest.get("metrics"))
         return model
 
-    def load_system(self, directory: str | os.PathLike, strict_base_model_id: bool = True, manifest: dict | None = None) -> None:
-        """Load every task and the selector of a saved system into this (task-less) model."""
+    def load_system(self, directory: str | os.PathLike, strict_base_model_id: bool = True,
+                    manifest: dict | None = None, strict_base_weights: bool = True) -> None:
+        """Load every task and the selector of a saved system into this (task-less) model.
+        Everything read is checked (types, shapes, finiteness) before the model changes."""
         directory = Path(directory)
         manifest = manifest or read_manifest(directory)
         if self.tasks:
             raise ValueError("load_system needs a model without tasks")
-        if ConPetConfig.from_dict(manifest["config"]) != self.conpet_config:
-            raise ValueError(f"{directory} was saved with another ConPetConfig than this model's")
-        check_base_model(manifest["base_model"], base_model_fingerprint(self.base_model.model, self.base_model.target_paths), strict_base_model_id)
-        for entry in manifest["tasks"]:
-            self._load_task(directory, entry)
+        saved_config = _manifest_config(manifest, directory)
+        if saved_config != self.conpet_config:
+            raise ValueError(f"{directory / MANIFEST_NAME} was saved with another ConPetConfig than this model's: "
+                             + "; ".join(saved_config.differences(self.conpet_config)) + " (saved vs this model)")
+        check_base_model(manifest["base_model"], base_model_fingerprint(self.base_model.model, self.base_model.target_paths),
+                         strict_base_model_id, strict_base_weights)
+        states = [saved_layout.read_task_state(directory, entry["name"]) for entry in manifest["tasks"]]
+        for entry, (weights_path, tensors) in zip(manifest["tasks"], states):
+            self._check_task_tensors(entry, weights_path, tensors)
+        selector = None
         if manifest.get("selector"):
-            self.selector = saved_layout.load_selector(directory / saved_layout.SELECTOR_DIR, manifest["selector"], self._device)
+            selector = saved_layout.load_selector(directory / saved_layout.SELECTOR_DIR, manifest["selector"], self._device,
+                                                  num_tasks=len(manifest["tasks"]), feature_size=self.feature_size)
+        for entry, (weights_path, tensors) in zip(manifest["tasks"], states):
+            self._load_task(entry, tensors)
+        self.selector = selector
         self.active_adapter = self.task_names[-1] if self.tasks else None
         self.set_trainable(task=False, selector=False)
 
-    def _load_task(self, directory: Path, entry: dict[str, Any]) -> None:
-        name = validate_task_name(entry.get("name"))
-        if name in self.task_names:
-            raise ValueError(f"Manifest lists task {name!r} twice")
-        weights_path, tensors = saved_layout.read_task_state(directory, name)
+    def _check_task_tensors(self, entry: dict[str, Any], weights_path: Path, tensors: dict[str, torch.Tensor]) -> None:
+        """Every tensor a task needs is there with this model's shapes (checked before any is loaded)."""
+        expected = {f"base_model.model.{path}.lora_{part}.weight": shape
+                    for path, layer in self.base_model.lora_layers().items()
+                    for part, shape in (("A", (layer.r, layer.in_features)), ("B", (layer.out_features, layer.r)))}
+        expected.update(self._task_head_shapes(entry))
+        for key, shape in expected.items():
+            if key not in tensors:
+                raise ValueError(f"{weights_path} lacks {key}: it does not fit this base model")
+            if shape is not None and tuple(tensors[key].shape) != shape:
+                raise ValueError(f"{weights_path}: {key} has shape {list(tensors[key].shape)}, this model needs {list(shape)}")
+
+    def _task_head_shapes(self, entry: dict[str, Any]) -> dict[str, tuple[int, ...]]:
+        return {}
+
+    def _load_task(self, entry: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
         index = self.num_tasks
         for path, layer in self.base_model.lora_layers().items():
             key = f"base_model.model.{path}"
-            try:
-                layer.load_frozen(tensors.pop(f"{key}.lora_A.weight"), tensors.pop(f"{key}.lora_B.weight"))
-            except KeyError as missing:
-                raise ValueError(f"{weights_path} lacks {missing.args[0]}: it does not fit this base model") from None
-        task = TaskInfo(name=name, labels=entry.get("labels"), instruction=entry.get("instruction"), metadata=entry.get("metadata") or {})
+            layer.load_frozen(tensors.pop(f"{key}.lora_A.weight"), tensors.pop(f"{key}.lora_B.weight"))
+        task = TaskInfo(name=entry["name"], labels=entry.get("labels"), instruction=entry.get("instruction"),
+                        metadata=entry.get("metadata") or {})
         self.tasks.append(task)
         self._add_task_head(task)
         self._load_task_head(index, tensors)
         self._freeze_heads()
-        self.base_model.peft_config[name] = self._lora_config()
+        self.base_model.peft_config[task.name] = self._lora_config()
+
+
+def _manifest_config(manifest: dict[str, Any], directory: Path) -> ConPetConfig:
+    try:
+        return ConPetConfig.from_dict(manifest["config"])
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"{Path(directory) / MANIFEST_NAME}: field 'config': {error}") from None
 
 
 class ConPetModelForCausalLM(ConPetModel):
@@ -636,7 +689,7 @@ class ConPetModelForSequenceClassification(ConPetModel):
                 self.classifier_name = name
                 head = getattr(model, name)
                 dtype = adapter_dtype(head.weight.dtype, self.conpet_config.autocast_adapter_dtype)
-                setattr(model, name, TaskStackedHead(head, self.routing, dtype=dtype))
+                self.base_model.replace_module(name, TaskStackedHead(head, self.routing, dtype=dtype))
                 break
         else:
             raise ValueError(f"{type(model).__name__} has no nn.Linear classifier named one of {self.classifier_names}")
@@ -671,10 +724,23 @@ class ConPetModelForSequenceClassification(ConPetModel):
             return nn.functional.cross_entropy(logits, targets)
         return nn.functional.cross_entropy(logits, targets, reduction="sum") / torch.as_tensor(num_items, device=logits.device)
 
+    def _check_task_head(self, name: str, labels: list[str] | None) -> None:
+        if not labels:
+            raise ValueError(f"Task {name!r} needs labels=[...] for sequence classification")
+
     def _add_task_head(self, task: TaskInfo) -> None:
-        if not task.labels:
-            raise ValueError(f"Task {task.name!r} needs labels=[...] for sequence classification")
+        self._check_task_head(task.name, task.labels)
         self.head.add_task(len(task.labels))
+
+    def _task_head_shapes(self, entry: dict[str, Any]) -> dict[str, tuple[int, ...]]:
+        labels = entry.get("labels")
+        if not labels:
+            raise ValueError(f"Task {entry['name']!r} of a sequence-classification system lists no labels in the manifest")
+        key = f"base_model.model.{self.classifier_name}"
+        shapes = {f"{key}.weight": (len(labels), self.head.in_features)}
+        if self.head.has_bias:
+            shapes[f"{key}.bias"] = (len(labels),)
+        return shapes
 
     def _freeze_heads(self) -> None:
         self.head.freeze_live()
@@ -705,6 +771,18 @@ MODEL_CLASSES: dict[str, type[ConPetModel]] = {
 
 
 # ----- helpers: manifest, base model identity, selector loading -------------------------------
+def _check_prompts(input_ids, attention_mask) -> None:
+    """A clear error for empty prompts (transformers would fail later in a reshape)."""
+    if input_ids is None:
+        return
+    if input_ids.dim() != 2 or input_ids.shape[1] == 0:
+        raise ValueError(f"Empty prompt: input_ids must be [batch, seq] with at least one token, got shape {list(input_ids.shape)}")
+    if attention_mask is not None:
+        empty = (attention_mask.sum(dim=-1) == 0).nonzero().flatten().tolist()
+        if empty:
+            raise ValueError(f"Empty prompt: example(s) {empty[:5]} of the batch have no attended token")
+
+
 def _batch_size(input_ids, inputs_embeds) -> int | None:
     if input_ids is not None:
         return input_ids.shape[0]

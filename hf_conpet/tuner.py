@@ -33,15 +33,39 @@ class TaskStackedLoraModel(nn.Module):
         self.peft_config: dict[str, LoraConfig] = {}
         for parameter in model.parameters():
             parameter.requires_grad_(False)
+        self._base_requires_grad = {name: parameter.requires_grad for name, parameter in model.named_parameters()}
+        self._base_modules: dict[str, nn.Module] = {}  # path -> the module this tuner replaced there
         self.target_paths = resolve_target_modules(model, config.target_modules)
         for path in self.target_paths:
             parent_path, _, child = path.rpartition(".")
             parent = model.get_submodule(parent_path) if parent_path else model
             linear = getattr(parent, child)
+            self._base_modules[path] = linear
             setattr(parent, child, TaskStackedLoraLinear(
                 linear, config.r, config.lora_alpha, config.lora_dropout, routing,
                 adapter_dtype=adapter_dtype(linear.weight.dtype, config.autocast_adapter_dtype),
             ))
+
+    def replace_module(self, path: str, module: nn.Module) -> nn.Module:
+        """Put `module` at `path` of the base model (remembering what was there); returns the old one."""
+        parent_path, _, child = path.rpartition(".")
+        parent = self.model.get_submodule(parent_path) if parent_path else self.model
+        old = getattr(parent, child)
+        self._base_modules.setdefault(path, old)
+        setattr(parent, child, module)
+        return old
+
+    def restore_base_model(self) -> nn.Module:
+        """Undo the wrapping in place: the base model gets back its own modules and requires_grad
+        flags (a failed `from_pretrained(base_model=b)` must leave `b` as the caller gave it)."""
+        for path, module in self._base_modules.items():
+            parent_path, _, child = path.rpartition(".")
+            parent = self.model.get_submodule(parent_path) if parent_path else self.model
+            setattr(parent, child, module)
+        for name, parameter in self.model.named_parameters():
+            parameter.requires_grad_(self._base_requires_grad.get(name, parameter.requires_grad))
+        self._base_modules.clear()
+        return self.model
 
     def lora_layers(self) -> dict[str, TaskStackedLoraLinear]:
         return {path: self.model.get_submodule(path) for path in self.target_paths}
