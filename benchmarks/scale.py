@@ -30,7 +30,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from _common import interleaved_medians
 from hf_conpet import ConPetConfig, ConPetModelForCausalLM
-from hf_conpet.replay import ReplayMemory
+from hf_conpet.memory import ReplayMemory
 from hf_conpet.selectors import AnalyticSelector, ConPetSelector, TaskEndContext
 
 

@@ -25,7 +25,8 @@ from .data import NON_MODEL_KEYS
 from .evaluation import AnswerCache, evaluate_task
 from .methods import get_method
 from .metrics import ContinualMetrics
-from .replay import ReplayMemory, build_replay_dataset
+from .memory import ReplayMemory
+from .replay import build_replay_dataset
 from .rng_state import generators_untouched
 from .selectors import TaskEndContext
 
@@ -256,7 +257,11 @@ class ContinualCallback(TrainerCallback):
         if not self.method.module_per_task and self.model.num_tasks:
             self.model.thaw_last_task()
         self.memory = ReplayMemory.load(directory / checkpoint.REPLAY_DIR)
-        saved = ContinualMetrics.from_dict(read_json(directory / checkpoint.METRICS_FILE))
+        metrics_path = directory / checkpoint.METRICS_FILE
+        try:
+            saved = ContinualMetrics.from_dict(read_json(metrics_path))
+        except (TypeError, AttributeError, KeyError, ValueError) as error:
+            raise ValueError(f"{metrics_path}: {error}") from None
         self.metrics = ContinualMetrics(  # this stream may extend the saved one
             task_names=list(self.stream.names), matrix=saved.matrix, selector_counts=saved.selector_counts,
             single_task_scores=self.metrics.single_task_scores,

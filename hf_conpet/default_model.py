@@ -403,10 +403,16 @@ def load_base_model(
         "seq2seq_lm": AutoModelForSeq2SeqLM,
         "sequence_classification": AutoModelForSequenceClassification,
     }[kind]
+    if from_pretrained_kwargs.pop("use_safetensors", True) is False:
+        raise ValueError("hf_conpet never loads pickled weights: use_safetensors=False is refused")
     source = resolve_base_model(name_or_path, cache_dir)
+    if os.path.isdir(source) and not any(Path(source).glob("*.safetensors")):
+        pickled = sorted(p.name for p in Path(source).glob("*.bin")) + sorted(p.name for p in Path(source).glob("*.pt*"))
+        raise OSError(f"{source} has no safetensors weights" + (f" (only {', '.join(pickled[:3])})" if pickled else "")
+                      + ": hf_conpet never loads pickled weights; convert them to safetensors first")
     tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=False)
     _ensure_pad_token(tokenizer)
-    model = auto.from_pretrained(source, trust_remote_code=False, **from_pretrained_kwargs)
+    model = auto.from_pretrained(source, trust_remote_code=False, use_safetensors=True, **from_pretrained_kwargs)
     if getattr(model.config, "pad_token_id", None) is None:
         model.config.pad_token_id = tokenizer.pad_token_id
     return model, tokenizer

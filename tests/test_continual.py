@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import Trainer, TrainingArguments
+from transformers import TrainingArguments
 
 from hf_conpet import ConPetConfig, ConPetModelForCausalLM
 from hf_conpet.callback import ContinualCallback

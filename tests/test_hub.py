@@ -220,7 +220,7 @@ def test_card_renders_and_its_yaml_parses(tmp_path, names):
     positions = [text.index(f"| `{name}` |") for name in names]
     assert positions == sorted(positions), "tasks must be listed in training order"
     assert "![Accuracy matrix" in text and "(accuracy_matrix.png)" in text
-    assert f'ConPetModelForCausalLM.from_pretrained("user/conpet-demo")' in text
+    assert 'ConPetModelForCausalLM.from_pretrained("user/conpet-demo")' in text
     assert f'PeftModel.from_pretrained(base, "user/conpet-demo", subfolder="tasks/{names[0]}")' in text
     assert "Classify the sst2 text \\| label it." in text  # pipes escaped inside the table
     for needle in (

@@ -13,14 +13,8 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 import datasets
-from hf_conpet.replay import (
-    DynamicReplaySampler,
-    ReplayMemory,
-    build_replay_dataset,
-    kmeans_exemplars,
-    replay_batch_split,
-    reservoir_sample,
-)
+from hf_conpet.memory import ReplayMemory, kmeans_exemplars, reservoir_sample
+from hf_conpet.replay import DynamicReplaySampler, build_replay_dataset, replay_batch_split
 
 FAST = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
