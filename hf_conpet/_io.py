@@ -68,6 +68,18 @@ def fsync_tree(root: str | os.PathLike) -> None:
         _fsync(folder)
 
 
+def apply_umask(root: str | os.PathLike) -> None:
+    """Give every file and directory under `root` the mode the umask gives new ones (safetensors,
+    like `tempfile`, writes owner-only files)."""
+    mask = current_umask()
+    for folder, directories, files in os.walk(root):
+        os.chmod(folder, 0o777 & ~mask)
+        for name in files:
+            path = os.path.join(folder, name)
+            if not os.path.islink(path):
+                os.chmod(path, 0o666 & ~mask)
+
+
 # ------------------------------------------------------------------------------ leftovers
 def _temp_prefix(name: str) -> str:
     return f".{name}.tmp-"
@@ -180,6 +192,7 @@ def atomic_directory(destination: str | os.PathLike) -> Iterator[Path]:
     staging = _staging_directory(destination)
     try:
         yield staging
+        apply_umask(staging)
         fsync_tree(staging)
         backup = destination.with_name(_backup_name(destination.name))
         with _directory_lock(destination.parent):

@@ -252,6 +252,20 @@ def test_bad_arguments_give_one_line_and_write_nothing(change, expected, tiny_mo
     assert not output.exists()
 
 
+def test_a_run_is_readable_by_others_as_the_umask_says(finished_run):
+    import os
+    import stat
+
+    from hf_conpet._io import current_umask
+
+    output, _ = finished_run
+    mask = current_umask()
+    for path in [output, *output.rglob("*")]:
+        wanted = (0o777 if path.is_dir() else 0o666) & ~mask
+        assert stat.S_IMODE(path.stat().st_mode) == wanted, f"{path}: {oct(stat.S_IMODE(path.stat().st_mode))}"
+    assert os.access(output / "model" / "README.md", os.R_OK)
+
+
 def test_an_existing_run_is_not_overwritten_without_resume(finished_run, tiny_model, tiny_data, capfd):
     output, _ = finished_run
     before = {p: p.stat().st_mtime_ns for p in output.rglob("*") if p.is_file()}
