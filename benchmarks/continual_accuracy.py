@@ -34,6 +34,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, TrainingArguments
 
+from hf_conpet._io import atomic_write_json
 from hf_conpet import ConPetConfig, ConPetModelForCausalLM
 from hf_conpet.data import TaskStream
 from hf_conpet.methods import config_selector
@@ -154,7 +155,7 @@ def main():
         results[method] = {"summary": metrics.summary(), "seconds": seconds, "metrics": metrics.to_dict()}
         single_task_scores = oracle_scores(results)
         print(f"\n=== {method} ({seconds / 60:.1f} min) ===\n{metrics.table()}", flush=True)
-        (output / "results.json").write_text(json.dumps({"budget": budget, "results": results}, indent=2))
+        atomic_write_json(output / "results.json", {"budget": budget, "results": results})
 
     print(f"\nbudget: {budget}")
     multitask_ap = results.get("multitask", {}).get("summary", {}).get("AP")
@@ -175,7 +176,7 @@ def main():
         ratio = f"{s['AP'] / multitask_ap:>6.3f}" if multitask_ap else f"{'-':>6}"
         print(f"{method:<12} {fmt(s['AP'], 6)} {fmt(s['F.Ra'], 6)} {fmt(s['BWT'], 7, True)} {fmt(s['FWT'], 7, True)} "
               f"{fmt(s['selector_accuracy'], 7)} {ratio} {result['seconds'] / 60:>5.1f}")
-    (output / "results.json").write_text(json.dumps({"budget": budget, "results": results}, indent=2))
+    atomic_write_json(output / "results.json", {"budget": budget, "results": results})
 
 
 if __name__ == "__main__":
