@@ -526,6 +526,7 @@ class ConPetModel(PeftModel):
         import tempfile
 
         from . import hub
+        from .model_card import write_model_card
 
         if not hub.is_main_process():  # rank 0 pushes; the others need not even write the layout
             return None
@@ -538,7 +539,7 @@ class ConPetModel(PeftModel):
             metrics = metrics.to_dict()
         with tempfile.TemporaryDirectory(prefix="hf_conpet_push_") as folder:
             self.write_layout(folder, metrics=metrics)
-            hub.write_model_card(folder, repo_id)
+            write_model_card(folder, repo_id)
             return hub.push_folder(
                 folder, repo_id, private=private, token=token, revision=revision,
                 commit_message=commit_message, create_pr=create_pr, endpoint=endpoint,

@@ -165,7 +165,7 @@ def test_stale_temp_files_of_dead_writers_are_removed_and_live_ones_kept(tmp_pat
 @pytest.mark.parametrize("umask", [0o022, 0o077])
 def test_outputs_follow_the_umask(umask, tmp_path):
     from hf_conpet.checkpoint import write_checkpoint
-    from hf_conpet.hub import write_model_card
+    from hf_conpet.model_card import write_model_card
 
     previous = os.umask(umask)
     try:

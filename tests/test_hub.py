@@ -25,10 +25,9 @@ from hf_conpet.hub import (
     download_system,
     layout_files,
     push_folder,
-    render_model_card,
     validate_layout,
-    write_model_card,
 )
+from hf_conpet.model_card import render_model_card, write_model_card
 from hf_conpet.plots import plot_accuracy_matrix
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

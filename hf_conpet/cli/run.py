@@ -118,7 +118,7 @@ def _cli_trainer_class():
 
 def _publish(output: Path, model, metrics: dict[str, Any]) -> Path:
     """The final outputs: the system (with its card and plot) built aside and renamed into place."""
-    from ..hub import write_model_card
+    from ..model_card import write_model_card
 
     system = output / SYSTEM_DIR
     with atomic_directory(system) as staging:
