@@ -23,7 +23,7 @@ from huggingface_hub import snapshot_download
 
 from .model_card import CARD_NAME, MATRIX_IMAGE_NAME
 from .names import validate_task_name
-from .saved_layout import MANIFEST_NAME
+from .saved_layout import EXAMPLES_NAME, MANIFEST_NAME
 
 __all__ = [
     "CARD_NAME",
@@ -51,6 +51,7 @@ LAYOUT_PATTERNS = (
     "tasks/*/adapter_model.safetensors",
     "selector/*.json",
     "selector/*.safetensors",
+    EXAMPLES_NAME,
     CARD_NAME,
     "*.png",
 )
@@ -60,10 +61,6 @@ DOWNLOAD_PATTERNS = list(LAYOUT_PATTERNS)
 #: to `adapter_model.bin` (torch.load) when no safetensors file is there, so such a file inside
 #: the layout is refused outright rather than trusted to be ignored.
 FORBIDDEN_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".joblib", ".py", ".pyc", ".pyo", ".so")
-
-
-
-
 
 
 class LayoutError(ValueError):

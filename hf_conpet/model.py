@@ -470,16 +470,20 @@ class ConPetModel(PeftModel):
         return None
 
     # ----- save / load ------------------------------------------------------------------------
-    def save_pretrained(self, save_directory: str | os.PathLike, metrics: dict | None = None, **kwargs) -> None:
-        """Write the saved layout atomically (temp dir + rename). Extra Trainer kwargs are ignored."""
+    def save_pretrained(self, save_directory: str | os.PathLike, metrics: dict | None = None,
+                        examples: dict[str, list[str]] | None = None, **kwargs) -> None:
+        """Write the saved layout atomically (temp dir + rename). `examples` ({task: [input, ...]}, a
+        few test inputs per task) are saved for the demo to offer; leave them out for private data.
+        Extra Trainer kwargs are ignored."""
         if self.num_tasks == 0:
             raise ValueError("Nothing to save: the model has no tasks")
         with atomic_directory(save_directory) as staging:
-            self.write_layout(staging, metrics=metrics)
+            self.write_layout(staging, metrics=metrics, examples=examples)
 
-    def write_layout(self, directory: str | os.PathLike, metrics: dict | None = None) -> None:
-        """Write manifest, `tasks/<name>/` PEFT adapters and `selector/` into an existing directory."""
-        saved_layout.write_layout(self, Path(directory), metrics)
+    def write_layout(self, directory: str | os.PathLike, metrics: dict | None = None,
+                     examples: dict[str, list[str]] | None = None) -> None:
+        """Write manifest, `tasks/<name>/` PEFT adapters, `selector/` (and examples) into an existing directory."""
+        saved_layout.write_layout(self, Path(directory), metrics, examples)
 
     def task_state(self, index: int) -> dict[str, torch.Tensor]:
         """Task `index` as a PEFT LoRA state dict (`base_model.model.<path>.lora_A.weight`, ..., and its head)."""
@@ -514,6 +518,7 @@ class ConPetModel(PeftModel):
         create_pr: bool = False,
         metrics: Any = None,
         endpoint: str | None = None,
+        examples: dict[str, list[str]] | None = None,
     ):
         """Upload the whole system (layout, model card, accuracy plot) to `repo_id` as ONE commit.
 
@@ -538,7 +543,7 @@ class ConPetModel(PeftModel):
         elif hasattr(metrics, "to_dict"):
             metrics = metrics.to_dict()
         with tempfile.TemporaryDirectory(prefix="hf_conpet_push_") as folder:
-            self.write_layout(folder, metrics=metrics)
+            self.write_layout(folder, metrics=metrics, examples=examples)
             write_model_card(folder, repo_id)
             return hub.push_folder(
                 folder, repo_id, private=private, token=token, revision=revision,

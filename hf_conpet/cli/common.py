@@ -32,7 +32,10 @@ DEFAULTS: dict[str, Any] = {
     "lora_alpha": 16.0,
     "targets": ["q_proj", "v_proj"],
     "new_task_init": "previous",
+    "examples_per_task": 3,
 }
+#: Settings that may change on --resume: they shape only what is published, not what is trained.
+PUBLISHING_SETTINGS = ("examples_per_task",)
 
 
 class CliError(Exception):

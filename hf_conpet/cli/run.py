@@ -116,13 +116,13 @@ def _cli_trainer_class():
     return CliContinualTrainer
 
 
-def _publish(output: Path, model, metrics: dict[str, Any]) -> Path:
-    """The final outputs: the system (with its card and plot) built aside and renamed into place."""
+def _publish(output: Path, model, metrics: dict[str, Any], examples: dict[str, list[str]] | None) -> Path:
+    """The final outputs: the system (with its card, plot and demo examples) built aside and renamed into place."""
     from ..model_card import write_model_card
 
     system = output / SYSTEM_DIR
     with atomic_directory(system) as staging:
-        model.write_layout(staging, metrics=metrics)
+        model.write_layout(staging, metrics=metrics, examples=examples)
         write_model_card(staging)
     atomic_write_json(output / METRICS_FILE, metrics)
     return system
@@ -141,6 +141,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     if recorded is not None:
         check_unchanged(args, recorded, output)
     settings = resolve_settings(args, recorded)
+    from ..saved_layout import MAX_EXAMPLES_PER_TASK
+
+    if settings["examples_per_task"] > MAX_EXAMPLES_PER_TASK:
+        raise CliError(f"--examples-per-task is at most {MAX_EXAMPLES_PER_TASK}, got {settings['examples_per_task']}")
     method = settings["method"]
     if method not in METHODS:
         raise CliError(f"unknown method {method!r}; choose one of: {', '.join(METHODS)}")
@@ -201,7 +205,9 @@ def cmd_run(args: argparse.Namespace) -> int:
             )
             metrics = trainer.fit()
             result = {**metrics.to_dict(), "run": {**settings, "seconds": round(time.perf_counter() - started, 1)}}
-            system = _publish(output, model, result)
+            count = settings["examples_per_task"]
+            examples = {task.name: list(task.test["input"][:count]) for task in stream} if count else None
+            system = _publish(output, model, result, examples)
         except KeyboardInterrupt:
             logger.warning("interrupted", exc_info=True)
             print(f"{PROG}: interrupted; finished tasks are kept in {output / CHECKPOINT_DIR}: "

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from .._io import recover_directory
-from .common import CHECKPOINT_DIR, DEFAULTS, METRICS_FILE, RUN_ARGS_FILE, SYSTEM_DIR, CliError, one_line
+from .common import CHECKPOINT_DIR, DEFAULTS, METRICS_FILE, PUBLISHING_SETTINGS, RUN_ARGS_FILE, SYSTEM_DIR, CliError, one_line
 
 def resolve_settings(args: argparse.Namespace, recorded: dict[str, Any] | None) -> dict[str, Any]:
     """Built-in defaults, then the recorded run (with --resume), then what the command line says."""
@@ -34,7 +34,8 @@ def check_unchanged(args: argparse.Namespace, recorded: dict[str, Any], output: 
     extend the recorded stream."""
     from ..checkpoint import settings_differences
 
-    given = {key: value for key, value in resolve_settings(args, None).items() if getattr(args, key, None) is not None}
+    given = {key: value for key, value in resolve_settings(args, None).items()
+             if getattr(args, key, None) is not None and key not in PUBLISHING_SETTINGS}
     tasks = given.pop("tasks", None)
     recorded_tasks = recorded.get("tasks")
     differences = settings_differences({k: v for k, v in recorded.items() if k in DEFAULTS}, given, "recorded")
