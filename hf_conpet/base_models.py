@@ -45,7 +45,39 @@ def base_model_fingerprint(model: nn.Module, target_paths: list[str]) -> dict[st
         "architectures": getattr(config, "architectures", None),
         "target_shapes": {path: [linear.out_features, linear.in_features] for path, linear in linears.items()},
         "weights": weight_samples(linears),
+        "license": base_model_license(model),
     }
+
+
+def base_model_license(model: nn.Module) -> str | None:
+    """The base model's licence, where this machine can tell it without the network: the embedded
+    default's, or the `license:` of the model card in its local folder or Hub-cache snapshot."""
+    from .default_model import DEFAULT_BASE_LICENSE, is_default_model
+
+    config = getattr(model, "config", None)
+    name = getattr(config, "_name_or_path", None) or base_model_id(model)
+    if not name:
+        return None
+    if is_default_model(name) or is_default_model(base_model_id(model)):
+        return DEFAULT_BASE_LICENSE
+    card = Path(name) / "README.md" if os.path.isdir(name) else None
+    if card is None and "/" in str(name) and not os.path.isabs(name):
+        try:
+            from huggingface_hub import try_to_load_from_cache
+
+            cached = try_to_load_from_cache(str(name), "README.md")
+            card = Path(cached) if isinstance(cached, str) else None
+        except Exception:  # noqa: BLE001 - a licence is nice to have, never a reason to fail a save
+            card = None
+    if card is None or not card.is_file():
+        return None
+    try:
+        from huggingface_hub.repocard import metadata_load
+
+        licence = (metadata_load(card) or {}).get("license")
+    except Exception:  # noqa: BLE001
+        return None
+    return licence if isinstance(licence, str) else None
 
 
 def _base_linear(module: nn.Module) -> nn.Module:

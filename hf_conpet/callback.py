@@ -175,7 +175,7 @@ class ContinualCallback(TrainerCallback):
         scores = [evaluate_task(self.model, t, self._eval_collator(), self.tokenizer, routing=self.method.eval_routing,
                                 batch_size=self.eval_batch_size, max_examples=self.max_eval_examples) for t in tasks]
         for row in range(len(tasks)):
-            self.metrics.add_row([s.accuracy for s in scores[: row + 1]])
+            self.metrics.add_row([s.accuracy for s in scores[: row + 1]], examples_scored=[s.total for s in scores[: row + 1]])
         self.finished = [t.name for t in tasks]
         record = {"task": "all", "scores": {s.task: s.accuracy for s in scores}}
         self.history.append(record)
@@ -191,7 +191,7 @@ class ContinualCallback(TrainerCallback):
             for t in seen
         ]
         counts = [(s.selector_correct, s.total) for s in scores] if routing == "selector" else None
-        self.metrics.add_row([s.accuracy for s in scores], selector_counts=counts)
+        self.metrics.add_row([s.accuracy for s in scores], selector_counts=counts, examples_scored=[s.total for s in scores])
         summary = self.metrics.summary()
         logger.info("after %s: %s | %s", seen[-1].name, {s.task: round(s.accuracy, 3) for s in scores}, summary)
         return {"scores": {s.task: s.accuracy for s in scores}, "summary": summary}
@@ -264,7 +264,7 @@ class ContinualCallback(TrainerCallback):
             raise ValueError(f"{metrics_path}: {error}") from None
         self.metrics = ContinualMetrics(  # this stream may extend the saved one
             task_names=list(self.stream.names), matrix=saved.matrix, selector_counts=saved.selector_counts,
-            single_task_scores=self.metrics.single_task_scores,
+            single_task_scores=self.metrics.single_task_scores, examples_scored=saved.examples_scored,
         )
         self.finished = list(finished)
         self.history = list(progress.get("history", []))

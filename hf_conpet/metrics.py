@@ -227,6 +227,8 @@ class ContinualMetrics:
     single_task_scores: Optional[list[Score]] = None
     selector_counts: Optional[list[list[SelectorCounts]]] = None
     metric: str = "exact_match"
+    #: How many test examples are behind each task's latest score (the card says so beside it).
+    examples_scored: Optional[list[Optional[int]]] = None
 
     def __post_init__(self) -> None:
         self.task_names = list(self.task_names)
@@ -247,6 +249,11 @@ class ContinualMetrics:
             self.single_task_scores = self._padded(self.single_task_scores, "single_task_scores")
             for i, value in enumerate(self.single_task_scores):
                 _check_score(value, f"single_task_scores[{i}] ({self.task_names[i]!r})", allow_none=True)
+        if self.examples_scored is not None:
+            self.examples_scored = self._padded(self.examples_scored, "examples_scored")
+            for i, count in enumerate(self.examples_scored):
+                if count is not None and (isinstance(count, bool) or not isinstance(count, int) or count < 0):
+                    raise ValueError(f"examples_scored[{i}] must be a non-negative integer or None, got {count!r}")
         if self.selector_counts is not None:
             if len(self.selector_counts) > len(self.matrix):
                 raise ValueError(
@@ -298,8 +305,10 @@ class ContinualMetrics:
         self,
         scores: Union[Sequence[Score], Mapping[str, Score]],
         selector_counts: Union[Sequence[SelectorCounts], Mapping[str, SelectorCounts], None] = None,
+        examples_scored: Optional[Sequence[Optional[int]]] = None,
     ) -> None:
-        """Record the evaluation after training the next task (by position or by task name)."""
+        """Record the evaluation after training the next task (by position or by task name);
+        `examples_scored`: how many test examples each score of the row used."""
         j = len(self.matrix)
         if j >= len(self.task_names):
             raise ValueError(f"all {len(self.task_names)} tasks already have a row")
@@ -316,6 +325,12 @@ class ContinualMetrics:
             existing = list(self.selector_counts or [])
             existing += [list(empty_row) for _ in range(j - len(existing))]
             self.selector_counts = existing + [counts_row or list(empty_row)]
+        if examples_scored is not None:
+            merged = list(self.examples_scored or [None] * len(self.task_names))
+            for i, count in enumerate(examples_scored):
+                if count is not None:
+                    merged[i] = int(count)
+            self.examples_scored = merged
         self.matrix.append(row)
 
     # -- reading
@@ -368,6 +383,7 @@ class ContinualMetrics:
             "selector_counts": None
             if self.selector_counts is None
             else [[None if cell is None else list(cell) for cell in row] for row in self.selector_counts],
+            "examples_scored": None if self.examples_scored is None else list(self.examples_scored),
             "summary": self.summary(),
         }
 
@@ -388,6 +404,7 @@ class ContinualMetrics:
             single_task_scores=data.get("single_task_scores"),
             selector_counts=data.get("selector_counts"),
             metric=data.get("metric", "exact_match"),
+            examples_scored=data.get("examples_scored"),
         )
 
     def to_json(self) -> str:

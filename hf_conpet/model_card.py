@@ -197,6 +197,7 @@ def render_model_card(
     base_name = base.get("name_or_path") if isinstance(base, Mapping) else base
     base_name = str(base_name) if base_name else "<base model>"
     base_hub_id = _hub_model_id(base_name)
+    base_license = base.get("license") if isinstance(base, Mapping) and isinstance(base.get("license"), str) else None
     pipeline_tag, model_class, auto_class = _task_type_info(manifest.get("task_type"))
     model_title = repo_id.split("/")[-1] if repo_id else f"hf_conpet system ({len(tasks_in)} tasks)"
     model_name = repo_id.split("/")[-1] if repo_id else "hf-conpet-system"
@@ -249,7 +250,7 @@ def render_model_card(
         library_name=LIBRARY_NAME,
         base_model=base_hub_id,
         base_model_relation="adapter" if base_hub_id else None,
-        license=manifest.get("license"),
+        license=manifest.get("license") or base_license,
         tags=tags,
         datasets=datasets or None,
         pipeline_tag=pipeline_tag,
@@ -258,8 +259,15 @@ def render_model_card(
         eval_results=eval_results or None,
     )
 
+    final_row = (matrix or [[]])[-1] or []
+    scored = list((metrics or {}).get("examples_scored") or [])
+    metric_names = list((metrics or {}).get("task_names") or task_names)
     tasks = []
     for position, task in enumerate(tasks_in, start=1):
+        column = metric_names.index(task.get("name")) if task.get("name") in metric_names else None
+        score = final_row[column] if column is not None and column < len(final_row) else None
+        count = scored[column] if column is not None and column < len(scored) else None
+        final = "—" if not isinstance(score, (int, float)) else fmt(score) + (f" ({count})" if isinstance(count, int) else "")
         labels = task.get("labels") or _task_field(task, "labels")
         if isinstance(labels, (list, tuple)) and labels:
             shown = ", ".join(f"`{_md(label, 40)}`" for label in labels[:12])
@@ -275,6 +283,7 @@ def render_model_card(
             "instruction": _md(instruction, 200) if instruction else "—",
             "num_train": counts["num_train"] if counts["num_train"] is not None else "—",
             "num_test": counts["num_test"] if counts["num_test"] is not None else "—",
+            "final": final,
         })
 
     matrix_rows = []
@@ -312,6 +321,8 @@ def render_model_card(
         model_title=model_title,
         base_model_name=base_name,
         base_model_link=f"[`{base_name}`](https://huggingface.co/{base_hub_id})" if base_hub_id else f"`{base_name}`",
+        base_license=f"`{_md(base_license, 64)}`" if base_license else "not recorded: see the base model's own card",
+        metric_name="accuracy" if (metrics or {}).get("metric", "exact_match") == "exact_match" else _md((metrics or {}).get("metric"), 32),
         task_type=manifest.get("task_type") or "causal_lm",
         pipeline_tag=pipeline_tag,
         model_class=model_class,

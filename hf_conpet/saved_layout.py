@@ -168,7 +168,7 @@ def validate_manifest(manifest: Any, path: Path) -> dict[str, Any]:
     _require(manifest["task_type"] in TASK_TYPES, path, "task_type", f"one of {TASK_TYPES}", manifest["task_type"])
     base = manifest["base_model"]
     _require(isinstance(base, dict), path, "base_model", "an object", base)
-    for key in ("name_or_path", "revision", "model_type"):
+    for key in ("name_or_path", "revision", "model_type", "license"):
         _require(_optional_str(base.get(key)), path, f"base_model.{key}", "a string or null", base.get(key))
     _require(base.get("architectures") is None or _str_list(base["architectures"]), path,
              "base_model.architectures", "a list of strings or null", base.get("architectures"))

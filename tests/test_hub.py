@@ -51,7 +51,7 @@ def make_metrics(names: list[str]) -> dict:
         "FWT": None,
         "selector_accuracy": 0.875 if n > 1 else None,
     }
-    return {"task_names": list(names), "accuracy_matrix": matrix, "summary": summary}
+    return {"task_names": list(names), "accuracy_matrix": matrix, "summary": summary, "examples_scored": [32] * n}
 
 
 def make_manifest(
@@ -65,7 +65,7 @@ def make_manifest(
     return {
         "format_version": 1,
         "library_version": "0.1.0",
-        "base_model": {"name_or_path": base, "revision": "main", "model_type": "llama"},
+        "base_model": {"name_or_path": base, "revision": "main", "model_type": "llama", "license": "apache-2.0"},
         "config": {
             "r": 4,
             "lora_alpha": 8.0,
@@ -291,6 +291,18 @@ def test_example_card_in_model_cards_is_current():
     assert (example / "README.md").read_text(encoding="utf-8") == rendered
 
 
+def test_the_card_says_how_many_test_examples_each_score_used_and_the_base_licence():
+    names = ["sst2", "agnews"]
+    metrics = make_metrics(names)
+    metrics["examples_scored"] = [32, 17]
+    text = render_model_card(make_manifest(names, metrics=metrics), None, "user/x").content
+    assert "final accuracy (test examples scored)" in text
+    rows = [line for line in text.splitlines() if line.startswith("| 1 | `sst2`") or line.startswith("| 2 | `agnews`")]
+    assert rows[0].endswith("| 85.0 (32) |") or rows[0].rstrip().endswith("(32) |"), rows[0]
+    assert rows[1].rstrip().endswith("(17) |"), rows[1]
+    assert "licence: `apache-2.0`" in text and "license: apache-2.0" in text
+
+
 # ------------------------------------------------------------------------------ layout
 def test_layout_files_take_only_the_layout(tmp_path):
     names = ["sst2", "agnews"]
@@ -497,3 +509,37 @@ def test_download_system_returns_a_local_folder_as_is(tmp_path):
     assert download_system(str(folder)) == folder
     with pytest.raises(FileNotFoundError, match="no such folder"):
         download_system(tmp_path / "missing" / "dir")
+
+
+def test_the_cards_usage_snippets_run_against_a_saved_system(tmp_path):
+    """Both code blocks of "How to use", executed as written against a saved tiny system."""
+    import re
+
+    from transformers import AutoModelForCausalLM
+
+    from hf_conpet import ConPetConfig, ConPetModelForCausalLM
+    from hf_conpet.selectors import ConPetSelector
+
+    from tiny_models import randomize_live_task, tiny_byte_tokenizer, tiny_llama_for
+
+    tokenizer = tiny_byte_tokenizer()
+    tiny_llama_for(tokenizer).save_pretrained(tmp_path / "base")
+    tokenizer.save_pretrained(tmp_path / "base")
+    model = ConPetModelForCausalLM(AutoModelForCausalLM.from_pretrained(tmp_path / "base"), ConPetConfig(r=4))
+    model.selector = ConPetSelector.for_model(model)
+    for name in ("sst2", "agnews"):
+        model.add_task(name, labels=["a", "b"], instruction=f"Do {name}.")
+        randomize_live_task(model)
+    model.freeze_tasks()
+    system = tmp_path / "system"
+    model.save_pretrained(system)
+    text = write_model_card(system).content
+    usage = text[text.index("## How to use"):]
+    blocks = re.findall(r"```python\n(.*?)```", usage, flags=re.S)
+    assert len(blocks) == 2
+    for block in blocks:
+        code = block.replace("<repo_id or local folder>", str(system))
+        namespace: dict = {}
+        exec(compile(code, "card-snippet", "exec"), namespace)  # noqa: S102 - our own card, our own folder
+        assert namespace["model"] is not None
+    assert namespace["model"].__class__.__name__ == "PeftModelForCausalLM"
