@@ -1,0 +1,334 @@
+"""Collators: task rows to model batches (causal-LM training and generation, seq2seq, classification)."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Optional
+
+import torch
+
+from .tasks import IGNORE_INDEX
+
+if TYPE_CHECKING:
+    from .stream import TaskStream
+
+
+def _pad_id(tokenizer: Any) -> int:
+    """The tokenizer's pad id, else its eos id (without mutating the tokenizer)."""
+    if tokenizer.pad_token_id is not None:
+        return tokenizer.pad_token_id
+    if tokenizer.eos_token_id is not None:
+        warnings.warn(
+            "the tokenizer has no pad token; padding with its eos token (padding is masked out "
+            "by attention_mask and labels, so this is safe)",
+            stacklevel=3,
+        )
+        return tokenizer.eos_token_id
+    raise ValueError("the tokenizer has neither a pad token nor an eos token: set tokenizer.pad_token first")
+
+
+def _eos_id(tokenizer: Any) -> int:
+    if tokenizer.eos_token_id is None:
+        raise ValueError(
+            "the tokenizer has no eos token: targets end with eos so that generation knows when to "
+            "stop; set tokenizer.eos_token first"
+        )
+    return tokenizer.eos_token_id
+
+
+def _special_affixes(tokenizer: Any) -> tuple[list[int], list[int]]:
+    """The special ids the tokenizer adds before and after a text (e.g. BOS; CLS ... SEP; ... EOS).
+
+    Found by encoding a probe with and without special tokens, so left-truncation can keep them.
+    """
+    probe = "a b c"
+    plain = tokenizer(probe, add_special_tokens=False)["input_ids"]
+    full = tokenizer(probe, add_special_tokens=True)["input_ids"]
+    for start in range(len(full) - len(plain) + 1):
+        if full[start : start + len(plain)] == plain:
+            return list(full[:start]), list(full[start + len(plain) :])
+    return [], []
+
+
+def _field(example: Mapping[str, Any], key: str) -> Any:
+    try:
+        return example[key]
+    except KeyError:
+        hint = ""
+        if key in ("prompt", "output", "task_id", "input"):
+            hint = (
+                "; with transformers.Trainer set TrainingArguments(remove_unused_columns=False) so "
+                "the dataset's text columns reach the collator"
+            )
+        raise KeyError(f"example has no {key!r} field (fields: {sorted(example)}){hint}") from None
+
+
+def _task_ids(examples: Sequence[Mapping[str, Any]]) -> torch.Tensor:
+    return torch.tensor([int(_field(example, "task_id")) for example in examples], dtype=torch.long)
+
+
+def _check_examples(examples: Any) -> Sequence[Mapping[str, Any]]:
+    if isinstance(examples, Mapping) or not isinstance(examples, Sequence):
+        raise TypeError("a collator takes a list of examples (dicts)")
+    if not examples:
+        raise ValueError("cannot collate an empty list of examples")
+    return examples
+
+
+def _pad(
+    sequences: Sequence[Sequence[int]], value: int, side: str, multiple_of: Optional[int]
+) -> torch.Tensor:
+    width = max(len(sequence) for sequence in sequences)
+    if multiple_of:
+        width = -(-width // multiple_of) * multiple_of
+    padded = []
+    for sequence in sequences:
+        filler = [value] * (width - len(sequence))
+        padded.append(list(sequence) + filler if side == "right" else filler + list(sequence))
+    return torch.tensor(padded, dtype=torch.long)
+
+
+class _PromptEncoder:
+    """Shared prompt handling: batch tokenisation, special tokens kept, LEFT truncation.
+
+    Left truncation drops the oldest text and keeps the end of the prompt ("Output: "), which is
+    where the answer must follow.
+    """
+
+    def __init__(
+        self, tokenizer: Any, max_length: Optional[int], keep_suffix: bool, pad_to_multiple_of: Optional[int]
+    ):
+        if max_length is not None and (
+            isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 2
+        ):
+            raise ValueError(f"max_length must be an int >= 2 or None, got {max_length!r}")
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+        self.pad_to_multiple_of = pad_to_multiple_of
+        self.pad_id = _pad_id(tokenizer)
+        prefix, suffix = _special_affixes(tokenizer)
+        self.prefix = prefix
+        self.suffix = suffix if keep_suffix else []
+
+    def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
+        return list(self.tokenizer(list(texts), add_special_tokens=False)["input_ids"])
+
+    def encode_prompts(
+        self, texts: Sequence[str], budgets: Optional[Sequence[Optional[int]]] = None
+    ) -> list[list[int]]:
+        """Prompt ids with special tokens; ``budgets[k]`` caps example k's length (None = max_length)."""
+        encoded = []
+        for position, body in enumerate(self.tokenize(texts)):
+            budget = self.max_length if budgets is None or budgets[position] is None else budgets[position]
+            if budget is not None:
+                room = max(budget - len(self.prefix) - len(self.suffix), 0)
+                body = body[-room:] if room else []
+            encoded.append(self.prefix + body + self.suffix)
+        return encoded
+
+
+class CausalLMTrainingCollator:
+    """Decoder-only training: ``prompt + output + eos``, loss only on ``output + eos``.
+
+    Returns ``input_ids``, ``attention_mask``, ``labels`` (-100 on prompt and padding) and
+    ``task_ids``; right padding. Over ``max_length``, the prompt loses tokens from its left; the
+    target is never cut (a target alone longer than ``max_length`` is an error).
+    Prompt and target are tokenised separately, as generation will see them.
+    """
+
+    def __init__(
+        self,
+        tokenizer: Any,
+        max_length: Optional[int] = None,
+        prompt_field: str = "prompt",
+        target_field: str = "output",
+        pad_to_multiple_of: Optional[int] = None,
+    ) -> None:
+        self.prompts = _PromptEncoder(
+            tokenizer, max_length, keep_suffix=False, pad_to_multiple_of=pad_to_multiple_of
+        )
+        self.eos_id = _eos_id(tokenizer)
+        self.max_length = max_length
+        self.prompt_field = prompt_field
+        self.target_field = target_field
+
+    def __call__(self, examples: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
+        examples = _check_examples(examples)
+        targets = [
+            ids + [self.eos_id]
+            for ids in self.prompts.tokenize([_field(e, self.target_field) for e in examples])
+        ]
+        budgets = None
+        if self.max_length is not None:
+            for example, target in zip(examples, targets):
+                if len(target) > self.max_length - len(self.prompts.prefix):
+                    raise ValueError(
+                        f"example {example.get('id', '?')!r}: its target alone takes {len(target)} tokens, "
+                        f"more than max_length={self.max_length} allows; raise max_length"
+                    )
+            budgets = [self.max_length - len(target) for target in targets]
+        prompts = self.prompts.encode_prompts([_field(e, self.prompt_field) for e in examples], budgets)
+        sequences = [prompt + target for prompt, target in zip(prompts, targets)]
+        label_rows = [[IGNORE_INDEX] * len(prompt) + target for prompt, target in zip(prompts, targets)]
+        multiple = self.prompts.pad_to_multiple_of
+        return {
+            "input_ids": _pad(sequences, self.prompts.pad_id, "right", multiple),
+            "attention_mask": _pad([[1] * len(s) for s in sequences], 0, "right", multiple),
+            "labels": _pad(label_rows, IGNORE_INDEX, "right", multiple),
+            "task_ids": _task_ids(examples),
+        }
+
+
+class CausalLMGenerationCollator:
+    """Decoder-only generation: the prompt only, LEFT padded so every row ends where decoding starts.
+
+    Returns ``input_ids``, ``attention_mask``, ``task_ids`` and, for scoring, ``references`` (the
+    gold ``output`` strings) and ``example_ids`` — pop those (:data:`NON_MODEL_KEYS`) before
+    calling the model.
+    """
+
+    def __init__(
+        self,
+        tokenizer: Any,
+        max_length: Optional[int] = None,
+        prompt_field: str = "prompt",
+        target_field: str = "output",
+        pad_to_multiple_of: Optional[int] = None,
+    ) -> None:
+        self.prompts = _PromptEncoder(
+            tokenizer, max_length, keep_suffix=False, pad_to_multiple_of=pad_to_multiple_of
+        )
+        self.prompt_field = prompt_field
+        self.target_field = target_field
+
+    def __call__(self, examples: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+        examples = _check_examples(examples)
+        prompts = self.prompts.encode_prompts([_field(e, self.prompt_field) for e in examples])
+        multiple = self.prompts.pad_to_multiple_of
+        return {
+            "input_ids": _pad(prompts, self.prompts.pad_id, "left", multiple),
+            "attention_mask": _pad([[1] * len(p) for p in prompts], 0, "left", multiple),
+            "task_ids": _task_ids(examples),
+            "references": [example.get(self.target_field) for example in examples],
+            "example_ids": [example.get("id") for example in examples],
+        }
+
+
+class Seq2SeqCollator:
+    """Encoder-decoder: ``input_ids`` from the prompt, ``labels`` from ``output + eos`` (pad -> -100).
+
+    ``mode="generate"`` leaves out ``labels`` and carries ``references`` / ``example_ids`` like
+    the causal generation collator. The encoder input keeps the tokenizer's special tokens and is
+    truncated from the left to ``max_length``; targets to ``max_target_length`` (eos kept).
+    """
+
+    def __init__(
+        self,
+        tokenizer: Any,
+        max_length: Optional[int] = None,
+        max_target_length: Optional[int] = None,
+        mode: str = "train",
+        prompt_field: str = "prompt",
+        target_field: str = "output",
+        pad_to_multiple_of: Optional[int] = None,
+    ) -> None:
+        if mode not in ("train", "generate"):
+            raise ValueError(f"unknown mode {mode!r}; expected 'train' or 'generate'")
+        self.prompts = _PromptEncoder(
+            tokenizer, max_length, keep_suffix=True, pad_to_multiple_of=pad_to_multiple_of
+        )
+        self.eos_id = _eos_id(tokenizer)
+        self.max_target_length = max_target_length
+        self.mode = mode
+        self.prompt_field = prompt_field
+        self.target_field = target_field
+
+    def __call__(self, examples: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+        examples = _check_examples(examples)
+        prompts = self.prompts.encode_prompts([_field(e, self.prompt_field) for e in examples])
+        multiple = self.prompts.pad_to_multiple_of
+        batch: dict[str, Any] = {
+            "input_ids": _pad(prompts, self.prompts.pad_id, "right", multiple),
+            "attention_mask": _pad([[1] * len(p) for p in prompts], 0, "right", multiple),
+            "task_ids": _task_ids(examples),
+        }
+        if self.mode == "generate":
+            batch["references"] = [example.get(self.target_field) for example in examples]
+            batch["example_ids"] = [example.get("id") for example in examples]
+            return batch
+        targets = []
+        for ids in self.prompts.tokenize([_field(e, self.target_field) for e in examples]):
+            if self.max_target_length is not None:
+                ids = ids[: self.max_target_length - 1]
+            targets.append(ids + [self.eos_id])
+        batch["labels"] = _pad(targets, IGNORE_INDEX, "right", None)
+        return batch
+
+
+class ClassificationCollator:
+    """Sequence classification: tokenised text (right-truncated) plus label indices.
+
+    ``label_ids`` is always the task-local index into ``Task.labels``; ``labels`` is that index
+    (``label_space="local"``, one head per task) or ``stream.label_offset(task) + local``
+    (``label_space="global"``, one head over the union label space).
+    """
+
+    def __init__(
+        self,
+        tokenizer: Any,
+        stream: TaskStream,
+        max_length: Optional[int] = None,
+        label_space: str = "local",
+        text_field: str = "prompt",
+        pad_to_multiple_of: Optional[int] = None,
+    ) -> None:
+        if label_space not in ("local", "global"):
+            raise ValueError(f"label_space must be 'local' or 'global', got {label_space!r}")
+        self.prompts = _PromptEncoder(
+            tokenizer, max_length, keep_suffix=True, pad_to_multiple_of=pad_to_multiple_of
+        )
+        self.max_length = max_length
+        self.label_space = label_space
+        self.text_field = text_field
+        self.label_index = [{label: k for k, label in enumerate(task.labels)} for task in stream]
+        self.offsets = [stream.label_offset(task) for task in stream]
+
+    def _local_label(self, example: Mapping[str, Any]) -> int:
+        task_id = int(_field(example, "task_id"))
+        if not 0 <= task_id < len(self.label_index):
+            raise ValueError(f"example {example.get('id', '?')!r} has task_id {task_id}, outside the stream")
+        if example.get("label_id") is not None:
+            return int(example["label_id"])
+        output = _field(example, "output")
+        if output not in self.label_index[task_id]:
+            raise ValueError(
+                f"example {example.get('id', '?')!r}: output {output!r} is not a label of task {task_id} "
+                f"({list(self.label_index[task_id])})"
+            )
+        return self.label_index[task_id][output]
+
+    def __call__(self, examples: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
+        examples = _check_examples(examples)
+        bodies = self.prompts.tokenize([_field(e, self.text_field) for e in examples])
+        encoded = []
+        room = (
+            None
+            if self.max_length is None
+            else max(self.max_length - len(self.prompts.prefix) - len(self.prompts.suffix), 0)
+        )
+        for body in bodies:
+            encoded.append(
+                self.prompts.prefix + (body if room is None else body[:room]) + self.prompts.suffix
+            )
+        task_ids = _task_ids(examples)
+        local = torch.tensor([self._local_label(e) for e in examples], dtype=torch.long)
+        offsets = torch.tensor([self.offsets[int(t)] for t in task_ids], dtype=torch.long)
+        multiple = self.prompts.pad_to_multiple_of
+        return {
+            "input_ids": _pad(encoded, self.prompts.pad_id, "right", multiple),
+            "attention_mask": _pad([[1] * len(ids) for ids in encoded], 0, "right", multiple),
+            "labels": local if self.label_space == "local" else local + offsets,
+            "label_ids": local,
+            "task_ids": task_ids,
+        }
