@@ -382,3 +382,81 @@ def test_demo_builds_the_page_with_the_saved_examples_without_serving_it(finishe
     assert {row["task"] for row in examples} == set(TASKS) and len(examples) == 3 * len(TASKS)
     text = json.dumps(launched["config"])
     assert examples[0]["input"] in text and "compare" in text
+
+
+@pytest.fixture(scope="module")
+def stream_dir(tmp_path_factory):
+    """Two tasks of one's own: a parquet dataset with a ClassLabel answer column, and chat data in jsonl."""
+    import datasets
+
+    root = tmp_path_factory.mktemp("own_data")
+    features = datasets.Features({"text": datasets.Value("string"), "verdict": datasets.ClassLabel(names=["yes", "no"])})
+    for split, count in (("train", 24), ("test", 4)):
+        rows = {"text": [f"claim {k}" for k in range(count)], "verdict": [k % 2 for k in range(count)]}
+        datasets.Dataset.from_dict(rows, features=features).to_parquet(str(root / f"claims_{split}.parquet"))
+    with open(root / "chat.jsonl", "w") as handle:
+        for k in range(28):
+            messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": f"colour {k}?"},
+                        {"role": "assistant", "content": ["red", "blue"][k % 2]}]
+            handle.write(json.dumps({"messages": messages, "split": "train" if k < 24 else "test"}) + "\n")
+    for split in ("train", "test"):
+        lines = [line for line in (root / "chat.jsonl").read_text().splitlines() if json.loads(line)["split"] == split]
+        (root / f"chat_{split}.jsonl").write_text("\n".join(lines) + "\n")
+    (root / "stream.yaml").write_text(
+        "tasks:\n"
+        "  - name: claims\n"
+        "    dataset: ./claims_train.parquet\n"
+        "    data_files: {train: claims_train.parquet, test: claims_test.parquet}\n"
+        "    input: text\n"
+        "    output: verdict\n"
+        "    instruction: Is the claim true?\n"
+        "  - name: colours\n"
+        "    dataset: ./chat_train.jsonl\n"
+        "    data_files: {train: chat_train.jsonl, test: chat_test.jsonl}\n"
+        "    chat: messages\n"
+        "    labels: [red, blue]\n"
+        "    instruction: Name the colour.\n"
+    )
+    return root
+
+
+def test_a_stream_file_of_local_datasets_runs_end_to_end(one_thread, tiny_model, stream_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    output = tmp_path / "out"
+    argv = ["run", "--model", str(tiny_model), "--stream", str(stream_dir / "stream.yaml"), "--output", str(output),
+            "--max-steps-per-task", "2", "--batch-size", "4", "--max-length", "64", "--max-eval-examples", "4"]
+    assert cli.main(argv) == 0
+    manifest = json.loads((output / "model" / "conpet_config.json").read_text())
+    assert [t["name"] for t in manifest["tasks"]] == ["claims", "colours"]
+    assert manifest["tasks"][0]["labels"] == ["yes", "no"]  # from the ClassLabel
+    recorded = json.loads((output / "run_args.json").read_text())
+    assert recorded["stream"] == str((stream_dir / "stream.yaml").resolve()) and recorded["tasks"] == ["claims", "colours"]
+    from hf_conpet.data.stream_file import load_stream_file
+
+    stream = load_stream_file(stream_dir / "stream.yaml")
+    assert stream["colours"].test[0]["input"] == "colour 24?" and stream["colours"].test[0]["output"] == "red"
+    assert stream["claims"].test[1]["output"] == "no"
+
+
+@pytest.mark.parametrize("edit, expected", [
+    (lambda t: t.replace("output: verdict", "output: nope"), "has no column 'nope'"),
+    (lambda t: t.replace("test: claims_test.parquet", "validation: claims_test.parquet"), "no split 'test'"),
+    (lambda t: t.replace("name: colours", "name: claims"), "task 'claims' is listed twice"),
+    (lambda t: t.replace("    chat: messages\n", "    chat: messages\n    colour: red\n"), "unknown key 'colour'"),
+    (lambda t: t.replace("./chat_train.jsonl", "./missing.jsonl"), "local path that does not exist"),
+    (lambda t: t.replace("    labels: [red, blue]\n", ""), "give 'labels'"),
+    (lambda t: t + "  - oops\n", "tasks[2] must be a mapping"),
+    (lambda t: "tasks: [\n", "is not valid YAML"),
+    (lambda t: t.replace("./chat_train.jsonl", "someone/not-downloaded"), "cannot load the dataset"),
+])
+def test_a_bad_stream_file_fails_in_one_line_before_anything_is_written(edit, expected, tiny_model, stream_dir, tmp_path,
+                                                                        capfd, monkeypatch):
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    bad = stream_dir / f"bad_{abs(hash(expected))}.yaml"
+    bad.write_text(edit((stream_dir / "stream.yaml").read_text()))
+    output = tmp_path / "out"
+    capfd.readouterr()
+    status = cli.main(["run", "--model", str(tiny_model), "--stream", str(bad), "--output", str(output)])
+    err = capfd.readouterr().err
+    assert status == 2 and err.count("\n") == 1 and expected in err, err
+    assert not output.exists()

@@ -1,6 +1,7 @@
 """`hf-conpet`: train a continual stream, re-evaluate a saved system, route inputs.
 
     hf-conpet run [--model ID_OR_PATH] [--data-dir DIR] [--tasks a,b,c] [--method conpet] [--output DIR] ...
+    hf-conpet run --stream stream.yaml [--output DIR] ...   # tasks from Hub or local datasets (data/stream_file.py)
     hf-conpet run --output DIR --resume         # continue an interrupted run after its last finished task
     hf-conpet eval DIR [--data-dir DIR] [--tasks a,b] [--max-eval-examples N] [--routing selector|oracle]
     hf-conpet route DIR "prompt" ["prompt" ...]
@@ -118,6 +119,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--learning-rate", type=_positive_float, metavar="X", help=f"AdamW learning rate, constant (default {d['learning_rate']})")
     run.add_argument("--max-length", type=_positive_int, metavar="N", help=f"tokens per training example (default {d['max_length']})")
     run.add_argument("--max-eval-examples", type=_positive_int, metavar="N", help=f"test examples scored per task (default {d['max_eval_examples']})")
+    run.add_argument("--stream", metavar="FILE", help="a stream file (YAML or JSON) naming each task's dataset: a Hub id "
+                     "or local parquet/json/csv, its splits, columns or chat column, labels, instruction (instead of "
+                     "--data-dir / --tasks)")
     run.add_argument("--examples-per-task", type=_non_negative_int, metavar="N",
                      help=f"test inputs per task saved with the system for its demo to offer (default {d['examples_per_task']}; "
                      "0 for private data)")

@@ -19,6 +19,7 @@ CHECKPOINT_DIR = "checkpoint"  # ContinualCallback's; named here to refuse overw
 DEFAULTS: dict[str, Any] = {
     "model": None,
     "data_dir": None,
+    "stream": None,
     "tasks": None,
     "method": "conpet",
     "max_steps_per_task": 25,

@@ -148,15 +148,33 @@ def cmd_run(args: argparse.Namespace) -> int:
     method = settings["method"]
     if method not in METHODS:
         raise CliError(f"unknown method {method!r}; choose one of: {', '.join(METHODS)}")
-    root = data_dir(settings)
-    tasks = check_data(root, settings["tasks"], embedded=settings["data_dir"] is None)
-    settings["tasks"] = tasks
-    finished = check_resumable(output, method, tasks) if args.resume else []
+    if settings["stream"] is not None:
+        if settings["data_dir"] is not None or getattr(args, "tasks", None) is not None:
+            raise CliError("--stream names the tasks and their data: drop --data-dir and --tasks")
+        from ..data.stream_file import StreamFileError, load_stream_file
 
-    try:
-        stream = TaskStream.from_dir(root, order=tasks, seed=settings["seed"], max_train=settings["max_train_examples"])
-    except (OSError, ValueError, KeyError) as error:
-        raise CliError(f"cannot read the tasks in {root}: {one_line(error)}") from None
+        root = Path(settings["stream"])
+        from datasets.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
+
+        bars_were_off = are_progress_bars_disabled()
+        disable_progress_bars()  # "Generating train split" bars would break the one-line errors
+        try:
+            stream = load_stream_file(root, seed=settings["seed"], max_train=settings["max_train_examples"])
+        except StreamFileError as error:
+            raise CliError(one_line(error)) from None
+        finally:
+            if not bars_were_off:
+                enable_progress_bars()
+        tasks = settings["tasks"] = list(stream.names)
+    else:
+        root = data_dir(settings)
+        tasks = check_data(root, settings["tasks"], embedded=settings["data_dir"] is None)
+        settings["tasks"] = tasks
+        try:
+            stream = TaskStream.from_dir(root, order=tasks, seed=settings["seed"], max_train=settings["max_train_examples"])
+        except (OSError, ValueError, KeyError) as error:
+            raise CliError(f"cannot read the tasks in {root}: {one_line(error)}") from None
+    finished = check_resumable(output, method, tasks) if args.resume else []
 
     print(f"loading base model {settings['model'] or '(embedded default: SmolLM2-135M-Instruct)'} ...", flush=True)
     set_seed(settings["seed"])

@@ -20,8 +20,9 @@ def resolve_settings(args: argparse.Namespace, recorded: dict[str, Any] | None) 
         value = getattr(args, key, None)
         if value is not None:
             settings[key] = value
-    if settings["data_dir"] is not None:
-        settings["data_dir"] = str(Path(settings["data_dir"]).expanduser().resolve())
+    for key in ("data_dir", "stream"):  # recorded absolute: --resume works from any directory
+        if settings[key] is not None:
+            settings[key] = str(Path(settings[key]).expanduser().resolve())
     if settings["model"] is not None and Path(settings["model"]).expanduser().is_dir():
         # a local folder is recorded absolute, so the saved system finds its base from anywhere
         settings["model"] = str(Path(settings["model"]).expanduser().resolve())

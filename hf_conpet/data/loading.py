@@ -114,6 +114,10 @@ def tasks_from_dir(
         )
     return tasks
 
+class DatasetSpecError(ValueError):
+    """A task's dataset, split, column or labels cannot be used (found before any training)."""
+
+
 def tasks_from_hub(
     tasks: Mapping[str, Mapping[str, Any]],
     validation_size: Union[float, int] = 0.1,
@@ -122,76 +126,87 @@ def tasks_from_hub(
     max_test: Optional[int] = None,
     template: str = DEFAULT_TEMPLATE,
 ) -> list[Task]:
-    """Build a stream from Hub datasets, in mapping order (needs network; untested offline).
+    """Tasks from `datasets` datasets (Hub ids or local parquet/json/csv), in mapping order.
 
-    ``tasks`` maps a task name to ``load_dataset`` arguments plus the fields we need, e.g.
-    ``{"sst2": {"path": "stanfordnlp/sst2", "input_column": "sentence", "output_column":
-    "label", "instruction": "...", "labels": ["Bad", "Good"]}}``. ``output_column`` may hold
-    label strings or ``ClassLabel`` ints (mapped through ``labels``, default the ClassLabel
-    names). Optional: ``name``, ``train_split`` ("train"), ``test_split`` ("test"),
-    ``validation_split`` (default: carve from train).
+    ``tasks`` maps a task name to ``load_dataset`` arguments (``path``, ``name``, ``data_files``,
+    ...) plus what we need: ``input_column`` / ``output_column`` (default "input" / "output"), or
+    ``chat_column`` (a list of ``{"role", "content"}`` messages: the last assistant message is the
+    answer, the messages before it the input); ``labels`` (default: the ``ClassLabel`` names of the
+    output column); ``instruction``; ``train_split`` ("train"), ``test_split`` ("test"),
+    ``validation_split`` (default: carved from train). Every dataset is loaded and every split,
+    column and label set checked before any task is built: a problem is one `DatasetSpecError`
+    line naming the task, the dataset and what is missing. `HF_DATASETS_OFFLINE=1` is respected
+    (by `datasets`).
     """
     from datasets import ClassLabel, load_dataset
 
-    built = []
-    for index, (name, spec) in enumerate(tasks.items()):
+    loaded = []
+    for name, spec in tasks.items():
+        validate_task_name(name)
         spec = dict(spec)
-        input_column = spec.pop("input_column", "input")
-        output_column = spec.pop("output_column", "output")
-        instruction = spec.pop("instruction", "")
-        labels = spec.pop("labels", None)
-        split_names = {
-            "train": spec.pop("train_split", "train"),
-            "test": spec.pop("test_split", "test"),
-            "validation": spec.pop("validation_split", None),
-        }
-        loaded = load_dataset(**spec)
-        records = {}
-        for split, split_name in split_names.items():
-            if split_name is None:
-                continue
-            dataset = loaded[split_name]
-            feature = dataset.features[output_column]
-            if isinstance(feature, ClassLabel):
-                labels = labels if labels is not None else list(feature.names)
-                values = list(dataset[output_column])
-                if any(not 0 <= value < len(labels) for value in values):
-                    raise ValueError(
-                        f"task {name!r}: split {split_name!r} of {spec.get('path')!r} has unlabelled or "
-                        f"out-of-range classes (e.g. -1, as in GLUE test sets); pick a labelled split"
-                    )
-                outputs = [labels[value] for value in values]
-            else:
-                outputs = list(dataset[output_column])
-            ids = (
-                dataset["id"]
-                if "id" in dataset.column_names
-                else [f"{name}-{split}-{k}" for k in range(len(dataset))]
-            )
-            records[split] = [
-                {"id": str(example_id), "input": text, "output": output}
-                for example_id, text, output in zip(ids, dataset[input_column], outputs)
-            ]
+        fields = {key: spec.pop(key, default) for key, default in (
+            ("input_column", "input"), ("output_column", "output"), ("chat_column", None), ("instruction", ""),
+            ("labels", None), ("train_split", "train"), ("test_split", "test"), ("validation_split", None))}
+        files = spec.get("data_files")
+        shown = files if files and spec.get("path") in ("parquet", "json", "csv") else spec.get("path")
+        where = f"task {name!r} ({shown!r})"
+        try:
+            dataset = load_dataset(**spec)
+        except Exception as error:  # noqa: BLE001 - datasets raises many kinds; the user gets one line
+            raise DatasetSpecError(f"{where}: cannot load the dataset: {type(error).__name__}: {' '.join(str(error).split())}") from None
+        splits = {split: fields[f"{split}_split"] for split in ("train", "test", "validation") if fields[f"{split}_split"]}
+        for split, split_name in splits.items():
+            if split_name not in dataset:
+                raise DatasetSpecError(f"{where}: no split {split_name!r} (the {split} split); it has {sorted(dataset)}")
+            columns = [fields["chat_column"]] if fields["chat_column"] else [fields["input_column"], fields["output_column"]]
+            missing = [column for column in columns if column not in dataset[split_name].column_names]
+            if missing:
+                raise DatasetSpecError(f"{where}: split {split_name!r} has no column {missing[0]!r}; "
+                                       f"its columns are {dataset[split_name].column_names}")
+        labels = fields["labels"]
+        output_feature = None if fields["chat_column"] else dataset[splits["train"]].features[fields["output_column"]]
+        if labels is None and isinstance(output_feature, ClassLabel):
+            labels = list(output_feature.names)
         if labels is None:
-            raise ValueError(f"task {name!r}: give 'labels' (the output column is not a ClassLabel)")
-        built.append(
-            Task.from_records(
-                name,
-                index,
-                labels,
-                instruction,
-                records["train"],
-                records["test"],
-                records.get("validation"),
-                validation_size=validation_size,
-                seed=seed,
-                max_train=max_train,
-                max_test=max_test,
-                template=template,
-                source={
-                    split: f"{spec.get('path')}[{split_name}]"
-                    for split, split_name in split_names.items()
-                },
-            )
-        )
+            raise DatasetSpecError(f"{where}: give 'labels' (the answers are not a ClassLabel column); free-text "
+                                   "tasks are not supported yet")
+        loaded.append((name, where, dataset, splits, fields, labels, output_feature))
+
+    built = []
+    for index, (name, where, dataset, splits, fields, labels, output_feature) in enumerate(loaded):
+        records = {split: _records(dataset[split_name], name, split, where, fields, labels, output_feature)
+                   for split, split_name in splits.items()}
+        built.append(Task.from_records(
+            name, index, labels, fields["instruction"] or "", records["train"], records["test"], records.get("validation"),
+            validation_size=validation_size, seed=seed, max_train=max_train, max_test=max_test, template=template,
+            source={split: f"{where}[{split_name}]" for split, split_name in splits.items()},
+        ))
     return built
+
+
+def _records(split, name, split_label, where, fields, labels, output_feature) -> list[dict[str, str]]:
+    """`{"id", "input", "output"}` rows of one split."""
+    from datasets import ClassLabel
+
+    if fields["chat_column"]:
+        pairs = [_chat_pair(messages, f"{where}, split {split_label!r}, row {k}") for k, messages in enumerate(split[fields["chat_column"]])]
+    else:
+        outputs = list(split[fields["output_column"]])
+        if isinstance(output_feature, ClassLabel) or (outputs and all(isinstance(v, int) and not isinstance(v, bool) for v in outputs)):
+            if any(not 0 <= value < len(labels) for value in outputs):
+                raise DatasetSpecError(f"{where}: split {split_label!r} has unlabelled or out-of-range classes (e.g. -1, "
+                                       "as in GLUE test sets); pick a labelled split")
+            outputs = [labels[value] for value in outputs]
+        pairs = list(zip(split[fields["input_column"]], outputs))
+    ids = split["id"] if "id" in split.column_names else [f"{name}-{split_label}-{k}" for k in range(len(split))]
+    return [{"id": str(example_id), "input": str(text), "output": str(output)} for example_id, (text, output) in zip(ids, pairs)]
+
+
+def _chat_pair(messages: Any, where: str) -> tuple[str, str]:
+    """(input, answer) of a conversation: the last assistant turn answers what came before it."""
+    if not isinstance(messages, list) or not all(isinstance(m, Mapping) and "role" in m and "content" in m for m in messages):
+        raise DatasetSpecError(f"{where}: a chat column must hold lists of {{'role', 'content'}} messages")
+    last = max((k for k, m in enumerate(messages) if m["role"] == "assistant"), default=None)
+    if last is None or last == 0:
+        raise DatasetSpecError(f"{where}: the conversation has no assistant answer after a user turn")
+    return "\n".join(str(m["content"]) for m in messages[:last] if m["role"] != "system"), str(messages[last]["content"])
