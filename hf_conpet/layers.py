@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import contextvars
 import math
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -150,6 +150,23 @@ class RoutingContext:
             yield
         finally:
             self._disabled.reset(token)
+
+    def checkpoint_contexts(self):
+        """`context_fn` for `torch.utils.checkpoint` (non-reentrant): the recomputation in backward
+        runs in autograd's thread, where this call's plan is not set; the second context puts back
+        the plan that held when the checkpointed block first ran, so it recomputes the same thing."""
+        captured, disabled = self._call.get(), self._disabled.get()
+
+        @contextmanager
+        def recompute():
+            tokens = self._call.set(captured), self._disabled.set(disabled)
+            try:
+                yield
+            finally:
+                self._disabled.reset(tokens[1])
+                self._call.reset(tokens[0])
+
+        return nullcontext(), recompute()
 
     @contextmanager
     def use(self, plan: RoutingPlan | None):

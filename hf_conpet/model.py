@@ -133,6 +133,11 @@ class ConPetModel(PeftModel):
         self.set_trainable(task=True, selector=self.selector is not None and self.selector.routes_in_training)
         return task
 
+    def _live_task(self) -> int | None:
+        """Index of the task being trained (its module is a Parameter), or None when all are frozen."""
+        layer = next(iter(self.base_model.lora_layers().values()))
+        return self.num_tasks - 1 if layer.live_lora_A is not None else None
+
     def freeze_tasks(self) -> None:
         """Freeze the task being trained (done implicitly by the next `add_task`)."""
         for layer in self.base_model.lora_layers().values():
@@ -311,6 +316,10 @@ class ConPetModel(PeftModel):
         if self.training and self.selector is not None and self.selector.routes_in_training and routing_weights is None:
             prompt_mask = self.prompt_mask(input_ids, attention_mask, labels)
             plan, auxiliary_loss = self.selector.training_plan(self.selector_features(input_ids, prompt_mask), task_ids)
+        elif self.training and task_ids is None and routing_weights is None and routing_plan is None and self._live_task() is not None:
+            # A training batch without task ids (TRL's SFTTrainer, a user's own collator) trains the task
+            # being trained: the only module that can learn.
+            plan = RoutingPlan.from_task_ids(torch.full((batch_size,), self._live_task(), dtype=torch.long, device=self._device))
         else:
             plan = self.routing_plan(input_ids, attention_mask, task_ids, routing_weights, batch_size, routing_plan)
         with self.routing.use(plan):
@@ -362,6 +371,23 @@ class ConPetModel(PeftModel):
             plan = self.routing_plan(input_ids, attention_mask, task_ids, routing_weights, batch_size, routing_plan)
         with self.routing.use(plan):
             return self.base_model.model.generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+
+    def activation_checkpointing_enable(self, activation_checkpointing_kwargs: dict | None = None,
+                                        every_n_layers: int = 1, offload: bool = False) -> None:
+        """The base model's activation (gradient) checkpointing, made to recompute with the call's
+        routing plan (non-reentrant, with `RoutingContext.checkpoint_contexts`): without it, backward
+        would recompute the checkpointed layers without any task module. What `Trainer` and TRL call."""
+        kwargs = dict(activation_checkpointing_kwargs or {})
+        if kwargs.get("use_reentrant"):
+            raise ValueError("hf_conpet needs use_reentrant=False for gradient checkpointing (the routing plan "
+                             "is restored in the recomputation through context_fn)")
+        kwargs.update(use_reentrant=False, context_fn=self.routing.checkpoint_contexts)
+        self.get_base_model().activation_checkpointing_enable(
+            activation_checkpointing_kwargs=kwargs, every_n_layers=every_n_layers, offload=offload)
+
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None, **options) -> None:
+        """transformers' older name for `activation_checkpointing_enable`."""
+        self.activation_checkpointing_enable(gradient_checkpointing_kwargs, **options)
 
     def get_base_model(self) -> nn.Module:
         return self.base_model.model

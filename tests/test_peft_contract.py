@@ -100,3 +100,29 @@ def test_merge_and_unload_unload_and_the_status_calls():
     with torch.no_grad():
         assert torch.allclose(single.merge_and_unload()(**inputs).logits,
                               single(**inputs, task_ids=torch.zeros(3, dtype=torch.long)).logits, atol=1e-5)
+
+
+def test_gradient_checkpointing_recomputes_with_the_routing_plan():
+    """Backward recomputes checkpointed layers in autograd's thread, where the call's plan is not set:
+    the recomputation must see the same plan, so the task module's gradients equal those without it."""
+    from hf_conpet import ConPetConfig, ConPetModelForCausalLM
+
+    from tiny_models import randomize_live_task, tiny_llama
+
+    grads = {}
+    for checkpointing in (False, True):
+        model = ConPetModelForCausalLM(tiny_llama(seed=0), ConPetConfig(selector="none", r=4))
+        for name in ("a", "b"):
+            model.add_task(name)
+            torch.manual_seed(len(model.tasks))
+            randomize_live_task(model)
+        if checkpointing:
+            model.gradient_checkpointing_enable()
+        model.train()
+        ids = torch.randint(3, 100, (2, 9), generator=torch.Generator().manual_seed(0))
+        model(input_ids=ids, labels=ids, task_ids=[1, 1]).loss.backward()
+        grads[checkpointing] = {k: p.grad.clone() for k, p in model.trainable_parameters().items()}
+        assert model.get_base_model().is_gradient_checkpointing == checkpointing
+    assert grads[False].keys() == grads[True].keys() and grads[True]
+    for key in grads[False]:
+        assert torch.allclose(grads[False][key], grads[True][key], atol=1e-6), key

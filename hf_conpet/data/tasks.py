@@ -211,7 +211,12 @@ def _check_records(
                 f"task's labels {list(labels)}"
             )
         example_id = record.get("id", f"{task}-{split}-{number}")
-        rows.append({"id": str(example_id), "input": record["input"], "output": record["output"]})
+        row = {"id": str(example_id), "input": record["input"], "output": record["output"]}
+        if "prompt" in record:  # already formatted (a chat template applied): kept as it is
+            if not isinstance(record["prompt"], str) or not record["prompt"]:
+                raise ValueError(f"task {task!r}: {position} has a 'prompt' that is not a non-empty string")
+            row["prompt"] = record["prompt"]
+        rows.append(row)
     return rows
 
 
@@ -221,7 +226,7 @@ def _to_dataset(rows, name, index, labels, instruction, template) -> Dataset:
         "id": [row["id"] for row in rows],
         "input": [row["input"] for row in rows],
         "output": [row["output"] for row in rows],
-        "prompt": [_format_prompt(template, instruction, labels, name, row["input"]) for row in rows],
+        "prompt": [row.get("prompt") or _format_prompt(template, instruction, labels, name, row["input"]) for row in rows],
         "task_id": [index] * len(rows),
         "label_id": [label_index[row["output"]] for row in rows],
     }
