@@ -460,3 +460,36 @@ def test_a_bad_stream_file_fails_in_one_line_before_anything_is_written(edit, ex
     err = capfd.readouterr().err
     assert status == 2 and err.count("\n") == 1 and expected in err, err
     assert not output.exists()
+
+
+def test_every_hf_conpet_command_in_the_readme_parses_as_written():
+    """Each `hf-conpet ...` line of the README's code blocks is accepted by the parser as written
+    (flags, values, subcommands); `...` stands for the flags of the line above. The quickstart itself
+    runs in test_quickstart_path_on_the_embedded_model_and_benchmark (reduced budget)."""
+    import re
+    import shlex
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    shell_lines, language = [], None
+    for line in readme.splitlines():
+        if line.startswith("```"):
+            language = None if language is not None else (line[3:].strip() or "text")
+        elif language in ("bash", "sh", "text"):
+            shell_lines.append(line)
+    commands = []
+    for block in [shell_lines]:
+        for line in block:
+            for part in re.split(r"&&|;", line.split("  #")[0]):
+                words = shlex.split(part.strip().replace("[--private]", "--private")) if part.strip() else []
+                while words and "hf-conpet" not in words[0]:
+                    words = words[1:]
+                if words:
+                    commands.append([w for w in words[1:] if w != "..."])
+    assert len(commands) >= 10, commands
+    parser = cli.build_parser()
+    for argv in commands:
+        try:
+            parser.parse_args(argv)
+        except cli.CliError as error:  # the parser reports problems as CliError
+            raise AssertionError(f"README command `hf-conpet {' '.join(argv)}` does not parse: {error}") from None
