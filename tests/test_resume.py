@@ -57,7 +57,7 @@ def continual_run(tokenizer, tmp_path, method, init, stop_before=None, **overrid
     return model, metrics
 
 
-@pytest.mark.parametrize("method", ["conpet", "conpet_analytic", "sapt", "olora", "replay", "seq_lora"])
+@pytest.mark.parametrize("method", ["conpet", "conpet_analytic", "sapt", "oracle", "olora", "replay", "seq_lora"])
 @pytest.mark.parametrize("init", ["previous", "random"])
 def test_resumed_continual_trainer_run_equals_the_uninterrupted_one(method, init, tokenizer, tmp_path):
     reference, reference_metrics = continual_run(tokenizer, tmp_path / "whole", method, init)
