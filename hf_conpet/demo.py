@@ -184,39 +184,60 @@ def _answer_budget(model, tokenizer) -> int:
     return min(max(len(tokenizer(label, add_special_tokens=False)["input_ids"]) for label in labels) + 2, 32)
 
 
-def make_predict(model, tokenizer, max_new_tokens: int | None = None, max_length: int | None = None):
-    """The click handler: (input, instruction choice) -> (task probabilities, answer, prompt)."""
-    metrics = _manifest_metrics(model) or {}
-    max_length = max_length or (metrics.get("run") or {}).get("max_length") or MAX_LENGTH
-    collate = CausalLMGenerationCollator(tokenizer, max_length=max_length)  # the encoding eval uses
-    budget = max_new_tokens or _answer_budget(model, tokenizer)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    # No lock: each call's routing plan is its own (a ContextVar), so two requests at once (click and
-    # Enter are separate events, each with its own queue) cannot see each other's plans.
-    def predict(text: str, instruction: str | None):
-        if not (text or "").strip():
-            raise gr.Error("Type an input first.")
-        prompt = build_prompt(model, text, instruction)
-        batch = collate([{"prompt": prompt, "task_id": 0}])
-        device = model._device
-        inputs = {"input_ids": batch["input_ids"].to(device), "attention_mask": batch["attention_mask"].to(device)}
-        routing: dict[str, Any] = {}
-        if model.selector is not None:
-            probabilities = model.route(inputs)[0].tolist()
-        elif model.num_tasks == 1 or (instruction and instruction != NO_INSTRUCTION):
-            # No selector (trained with task ids): the only task, or the one whose instruction was picked.
-            index = 0 if model.num_tasks == 1 else model.task_index(instruction)
-            routing = {"task_ids": torch.tensor([index], device=device)}
-            probabilities = [float(i == index) for i in range(model.num_tasks)]
-        else:
-            raise gr.Error("This system has no selector (it was trained with task ids): pick a task's instruction.")
+class _Answerer:
+    """Encodes a prompt as evaluation does and answers it greedily: what both handlers share."""
+
+    def __init__(self, model, tokenizer, max_new_tokens: int | None, max_length: int | None):
+        metrics = _manifest_metrics(model) or {}
+        max_length = max_length or (metrics.get("run") or {}).get("max_length") or MAX_LENGTH
+        self.model, self.tokenizer = model, tokenizer
+        self.collate = CausalLMGenerationCollator(tokenizer, max_length=max_length)  # the encoding eval uses
+        self.budget = max_new_tokens or _answer_budget(model, tokenizer)
+        self.pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+    def encode(self, prompt: str) -> dict[str, torch.Tensor]:
+        batch = self.collate([{"prompt": prompt, "task_id": 0}])
+        device = self.model._device
+        return {"input_ids": batch["input_ids"].to(device), "attention_mask": batch["attention_mask"].to(device)}
+
+    def answer(self, inputs: dict[str, torch.Tensor], **routing) -> str:
         with torch.no_grad():
-            generated = model.generate(**inputs, **routing, max_new_tokens=budget, do_sample=False, pad_token_id=pad)
+            generated = self.model.generate(**inputs, **routing, max_new_tokens=self.budget, do_sample=False,
+                                            pad_token_id=self.pad)
         new_tokens = generated[:, inputs["input_ids"].shape[1]:]
         # The first line is the answer, as evaluation reads it; splitlines also ends it at "\r" (which
         # a textarea would show as a line break), not only at "\n".
-        answer = (tokenizer.batch_decode(new_tokens, skip_special_tokens=True)[0].strip().splitlines() or [""])[0]
-        return dict(zip(model.task_names, probabilities)), answer, prompt
+        return (self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)[0].strip().splitlines() or [""])[0]
+
+
+def _routed(model, answerer: _Answerer, text: str, instruction: str | None):
+    """(probabilities, routed answer, prompt, encoded inputs) of one input."""
+    if not (text or "").strip():
+        raise gr.Error("Type an input first.")
+    prompt = build_prompt(model, text, instruction)
+    inputs = answerer.encode(prompt)
+    routing: dict[str, Any] = {}
+    if model.selector is not None:
+        probabilities = model.route(inputs)[0].tolist()
+    elif model.num_tasks == 1 or (instruction and instruction != NO_INSTRUCTION):
+        # No selector (trained with task ids): the only task, or the one whose instruction was picked.
+        index = 0 if model.num_tasks == 1 else model.task_index(instruction)
+        routing = {"task_ids": torch.tensor([index], device=model._device)}
+        probabilities = [float(i == index) for i in range(model.num_tasks)]
+    else:
+        raise gr.Error("This system has no selector (it was trained with task ids): pick a task's instruction.")
+    return dict(zip(model.task_names, probabilities)), answerer.answer(inputs, **routing), prompt, inputs
+
+
+def make_predict(model, tokenizer, max_new_tokens: int | None = None, max_length: int | None = None):
+    """The click handler: (input, instruction choice) -> (task probabilities, answer, prompt)."""
+    answerer = _Answerer(model, tokenizer, max_new_tokens, max_length)
+    # No lock: each call's routing plan is its own (a ContextVar), so two requests at once (click and
+    # Enter are separate events, each with its own queue) cannot see each other's plans.
+
+    def predict(text: str, instruction: str | None):
+        probabilities, answer, prompt, _ = _routed(model, answerer, text, instruction)
+        return probabilities, answer, prompt
 
     return predict
 
@@ -224,25 +245,14 @@ def make_predict(model, tokenizer, max_new_tokens: int | None = None, max_length
 def make_compare(model, tokenizer, max_new_tokens: int | None = None, max_length: int | None = None):
     """The "force a task" handler: (input, instruction choice, forced task) -> (routed task,
     routed answer, forced task's answer), to see what routing changed."""
-    predict = make_predict(model, tokenizer, max_new_tokens, max_length)
-    metrics = _manifest_metrics(model) or {}
-    collate = CausalLMGenerationCollator(tokenizer, max_length=max_length or (metrics.get("run") or {}).get("max_length") or MAX_LENGTH)
-    budget = max_new_tokens or _answer_budget(model, tokenizer)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    answerer = _Answerer(model, tokenizer, max_new_tokens, max_length)
 
     def compare(text: str, instruction: str | None, forced: str):
         if forced not in model.task_names:
             raise gr.Error(f"Pick the task to force (one of {', '.join(model.task_names)}).")
-        probabilities, routed_answer, prompt = predict(text, instruction)
-        batch = collate([{"prompt": prompt, "task_id": 0}])
-        device = model._device
-        inputs = {"input_ids": batch["input_ids"].to(device), "attention_mask": batch["attention_mask"].to(device)}
-        task_ids = torch.tensor([model.task_index(forced)], device=device)
-        with torch.no_grad():
-            generated = model.generate(**inputs, task_ids=task_ids, max_new_tokens=budget, do_sample=False, pad_token_id=pad)
-        new_tokens = generated[:, inputs["input_ids"].shape[1]:]
-        forced_answer = (tokenizer.batch_decode(new_tokens, skip_special_tokens=True)[0].strip().splitlines() or [""])[0]
-        return max(probabilities, key=probabilities.get), routed_answer, forced_answer
+        probabilities, routed_answer, _, inputs = _routed(model, answerer, text, instruction)
+        task_ids = torch.tensor([model.task_index(forced)], device=model._device)
+        return max(probabilities, key=probabilities.get), routed_answer, answerer.answer(inputs, task_ids=task_ids)
 
     return compare
 
