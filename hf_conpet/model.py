@@ -616,7 +616,7 @@ class ConPetModel(PeftModel):
                 token=token, endpoint=endpoint, cache_dir=cache_dir,
             )
         config = _manifest_config(manifest, directory)
-        model = cls(base_model, config, tokenizer=tokenizer)
+        model = cls(base_model, config, tokenizer=tokenizer)  # refuses before touching base_model (tuner.py)
         try:
             model.load_system(directory, strict_base_model_id=strict_base_model_id,
                               strict_base_weights=strict_base_weights, manifest=manifest)
@@ -715,16 +715,14 @@ class ConPetModelForSequenceClassification(ConPetModel):
     classifier_names = ("classifier", "score")
 
     def __init__(self, model: nn.Module, config: ConPetConfig | None = None, selector: TaskSelector | None = None, tokenizer=None):
-        super().__init__(model, config, selector, tokenizer)
-        for name in self.classifier_names:
-            if isinstance(getattr(model, name, None), nn.Linear):
-                self.classifier_name = name
-                head = getattr(model, name)
-                dtype = adapter_dtype(head.weight.dtype, self.conpet_config.autocast_adapter_dtype)
-                self.base_model.replace_module(name, TaskStackedHead(head, self.routing, dtype=dtype))
-                break
-        else:
+        names = [name for name in self.classifier_names if isinstance(getattr(model, name, None), nn.Linear)]
+        if not names:  # refused before the base model is touched
             raise ValueError(f"{type(model).__name__} has no nn.Linear classifier named one of {self.classifier_names}")
+        super().__init__(model, config, selector, tokenizer)
+        self.classifier_name = names[0]
+        head = getattr(model, self.classifier_name)
+        dtype = adapter_dtype(head.weight.dtype, self.conpet_config.autocast_adapter_dtype)
+        self.base_model.replace_module(self.classifier_name, TaskStackedHead(head, self.routing, dtype=dtype))
 
     @property
     def head(self) -> TaskStackedHead:

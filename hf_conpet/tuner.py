@@ -31,11 +31,11 @@ class TaskStackedLoraModel(nn.Module):
         super().__init__()
         self.model = model
         self.peft_config: dict[str, LoraConfig] = {}
+        self.target_paths = resolve_target_modules(model, config.target_modules)  # may refuse: before any change
         self._base_requires_grad = {name: parameter.requires_grad for name, parameter in model.named_parameters()}
         for parameter in model.parameters():
             parameter.requires_grad_(False)
         self._base_modules: dict[str, nn.Module] = {}  # path -> the module this tuner replaced there
-        self.target_paths = resolve_target_modules(model, config.target_modules)
         for path in self.target_paths:
             parent_path, _, child = path.rpartition(".")
             parent = model.get_submodule(parent_path) if parent_path else model

@@ -393,3 +393,28 @@ def test_empty_prompts_and_non_finite_routing_weights_get_clear_errors():
         model.route({"input_ids": torch.ones(2, 3, dtype=torch.long), "attention_mask": torch.tensor([[1, 1, 1], [0, 0, 0]])})
     with pytest.raises(RoutingError, match="NaN or inf"):
         model(input_ids=torch.ones(1, 3, dtype=torch.long), routing_weights=torch.tensor([[float("nan"), 1.0]]))
+
+
+def test_a_base_the_system_cannot_wrap_is_left_untouched():
+    base = tiny_llama(seed=0)
+    flags = {k: p.requires_grad for k, p in base.named_parameters()}
+    with pytest.raises(ValueError):
+        ConPetModelForCausalLM(base, ConPetConfig(selector="none", target_modules=["no_such_proj"]))
+    assert {k: p.requires_grad for k, p in base.named_parameters()} == flags and all(flags.values())
+
+
+def test_a_class_label_column_maps_by_its_names_whatever_order_labels_are_given_in(tmp_path):
+    import datasets
+
+    from hf_conpet.data.loading import DatasetSpecError, tasks_from_hub
+
+    features = datasets.Features({"input": datasets.Value("string"), "output": datasets.ClassLabel(names=["negative", "positive"])})
+    for split in ("train", "test"):
+        datasets.Dataset.from_dict({"input": ["bad", "good"] * 4, "output": [0, 1] * 4},
+                                   features=features).to_parquet(str(tmp_path / f"{split}.parquet"))
+    files = {"train": str(tmp_path / "train.parquet"), "test": str(tmp_path / "test.parquet")}
+    task = tasks_from_hub({"sst2": {"path": "parquet", "data_files": files, "labels": ["positive", "negative"]}},
+                          validation_size=2)[0]
+    assert [(row["input"], row["output"]) for row in task.test][:2] == [("bad", "negative"), ("good", "positive")]
+    with pytest.raises(DatasetSpecError, match=r"ClassLabel names \['negative'\] are not among the labels"):
+        tasks_from_hub({"sst2": {"path": "parquet", "data_files": files, "labels": ["positive", "neutral"]}})

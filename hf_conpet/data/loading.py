@@ -192,11 +192,15 @@ def _records(split, name, split_label, where, fields, labels, output_feature) ->
         pairs = [_chat_pair(messages, f"{where}, split {split_label!r}, row {k}") for k, messages in enumerate(split[fields["chat_column"]])]
     else:
         outputs = list(split[fields["output_column"]])
-        if isinstance(output_feature, ClassLabel) or (outputs and all(isinstance(v, int) and not isinstance(v, bool) for v in outputs)):
-            if any(not 0 <= value < len(labels) for value in outputs):
+        if isinstance(output_feature, ClassLabel):
+            # a class index means the ClassLabel's name, whatever order a given `labels` lists them in
+            if any(not 0 <= value < output_feature.num_classes for value in outputs):
                 raise DatasetSpecError(f"{where}: split {split_label!r} has unlabelled or out-of-range classes (e.g. -1, "
                                        "as in GLUE test sets); pick a labelled split")
-            outputs = [labels[value] for value in outputs]
+            outputs = [output_feature.names[value] for value in outputs]
+            unknown = sorted(set(outputs) - set(labels))
+            if unknown:
+                raise DatasetSpecError(f"{where}: the ClassLabel names {unknown} are not among the labels {list(labels)}")
         pairs = list(zip(split[fields["input_column"]], outputs))
     ids = split["id"] if "id" in split.column_names else [f"{name}-{split_label}-{k}" for k in range(len(split))]
     return [{"id": str(example_id), "input": str(text), "output": str(output)} for example_id, (text, output) in zip(ids, pairs)]
