@@ -206,6 +206,10 @@ def atomic_directory(destination: str | os.PathLike) -> Iterator[Path]:
                 _remove(backup)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
+        # Stopped between the two renames (Ctrl-C, a full disk): the old tree is the last complete
+        # state, so it goes back under its name now rather than at the next reader's recovery.
+        with contextlib.suppress(Exception), _directory_lock(destination.parent):
+            _recover_locked(destination)
         raise
 
 

@@ -25,6 +25,7 @@ from .data import NON_MODEL_KEYS
 from .evaluation import AnswerCache, evaluate_task
 from .methods import get_method
 from .metrics import ContinualMetrics
+from .names import CHECKPOINT_DIR
 from .memory import ReplayMemory
 from .replay import build_replay_dataset
 from .rng_state import generators_untouched
@@ -32,7 +33,6 @@ from .selectors import TaskEndContext
 
 logger = logging.getLogger(__name__)
 
-CHECKPOINT_DIR = checkpoint.CHECKPOINT_DIR
 PROGRESS_FILE = checkpoint.PROGRESS_FILE
 COLLATOR_KIND = {"causal_lm": "causal_lm", "seq2seq_lm": "seq2seq", "sequence_classification": "classification"}
 

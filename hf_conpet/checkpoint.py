@@ -25,7 +25,6 @@ from safetensors.torch import load_file, save_file
 from ._io import atomic_directory, read_json, recover_directory, write_json
 from .rng_state import capture_rng_state, restore_rng_state
 
-CHECKPOINT_DIR = "checkpoint"
 PROGRESS_FILE = "progress.json"
 METRICS_FILE = "metrics.json"
 REPLAY_DIR = "replay"

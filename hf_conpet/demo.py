@@ -28,11 +28,10 @@ import torch  # noqa: E402
 
 from . import ConPetModelForCausalLM  # noqa: E402
 from .data import DEFAULT_TEMPLATE, CausalLMGenerationCollator  # noqa: E402
+from .names import MANIFEST_NAME, MATRIX_IMAGE_NAME  # noqa: E402
 
 SYSTEM_ENV = "HF_CONPET_SYSTEM"
 DEFAULT_SYSTEM = Path("runs") / "quickstart" / "model"
-MANIFEST_NAME = "conpet_config.json"
-MATRIX_IMAGE_NAME = "accuracy_matrix.png"
 NO_INSTRUCTION = "__none__"
 MAX_LENGTH = 192  # the CLI's default prompt budget, used when the run did not record its own
 SUMMARY_ROWS = (  # (key in the manifest's metrics summary, what the page calls it)

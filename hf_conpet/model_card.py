@@ -17,12 +17,11 @@ from typing import Any, Mapping
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from ._io import atomic_write
-from .saved_layout import MANIFEST_NAME
+from .names import MANIFEST_NAME, MATRIX_IMAGE_NAME
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
 
 CARD_NAME = "README.md"
-MATRIX_IMAGE_NAME = "accuracy_matrix.png"
 TEMPLATE_NAME = "conpet_card.md"
 LIBRARY_NAME = "hf-conpet"
 CARD_TAGS = ("hf-conpet", "peft", "lora", "continual-learning")

@@ -25,17 +25,12 @@ from safetensors.torch import load_file, save_file
 from . import __version__
 from ._io import read_json, recover_directory, write_json
 from .config import FORMAT_VERSION
-from .names import validate_task_name
+from .names import (  # noqa: F401  (re-exported: the layout's names)
+    ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME, EXAMPLES_NAME, MANIFEST_NAME, SELECTOR_CONFIG_NAME, SELECTOR_DIR,
+    SELECTOR_WEIGHTS_NAME, TASKS_DIR, validate_task_name,
+)
 from .selectors import SELECTOR_CLASSES, TaskSelector
 
-MANIFEST_NAME = "conpet_config.json"
-ADAPTER_CONFIG_NAME = "adapter_config.json"
-ADAPTER_WEIGHTS_NAME = "adapter_model.safetensors"
-TASKS_DIR = "tasks"
-SELECTOR_DIR = "selector"
-SELECTOR_CONFIG_NAME = "config.json"
-SELECTOR_WEIGHTS_NAME = "model.safetensors"
-EXAMPLES_NAME = "examples.json"
 #: At most this many examples per task, each at most this long, are saved (and read back).
 MAX_EXAMPLES_PER_TASK, MAX_EXAMPLE_CHARS = 20, 4000
 
@@ -85,6 +80,12 @@ def check_examples(examples: Any, where: str = "examples") -> list[dict[str, str
         if counts[row["task"]] > MAX_EXAMPLES_PER_TASK:
             raise ValueError(f"{where}: more than {MAX_EXAMPLES_PER_TASK} examples for task {row['task']!r}")
     return [dict(row) for row in rows]
+
+
+def usable_examples(texts, count: int) -> list[str]:
+    """The first `count` of `texts` that `check_examples` accepts (non-blank, at most
+    MAX_EXAMPLE_CHARS): a long test document is skipped for the demo, not a failed save."""
+    return [text for text in texts if isinstance(text, str) and text.strip() and len(text) <= MAX_EXAMPLE_CHARS][:count]
 
 
 def read_examples(directory: Path) -> list[dict[str, str]]:

@@ -393,6 +393,8 @@ def stream_dir(tmp_path_factory):
     features = datasets.Features({"text": datasets.Value("string"), "verdict": datasets.ClassLabel(names=["yes", "no"])})
     for split, count in (("train", 24), ("test", 4)):
         rows = {"text": [f"claim {k}" for k in range(count)], "verdict": [k % 2 for k in range(count)]}
+        if split == "test":  # a long document: scored like any other, but too long to offer in the demo
+            rows["text"][0] = "claim " + "very " * 1000
         datasets.Dataset.from_dict(rows, features=features).to_parquet(str(root / f"claims_{split}.parquet"))
     with open(root / "chat.jsonl", "w") as handle:
         for k in range(28):
@@ -420,7 +422,7 @@ def stream_dir(tmp_path_factory):
     return root
 
 
-def test_a_stream_file_of_local_datasets_runs_end_to_end(one_thread, tiny_model, stream_dir, tmp_path, monkeypatch):
+def test_a_stream_file_of_local_datasets_runs_end_to_end(one_thread, tiny_model, stream_dir, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     output = tmp_path / "out"
     argv = ["run", "--model", str(tiny_model), "--stream", str(stream_dir / "stream.yaml"), "--output", str(output),
@@ -436,6 +438,14 @@ def test_a_stream_file_of_local_datasets_runs_end_to_end(one_thread, tiny_model,
     stream = load_stream_file(stream_dir / "stream.yaml")
     assert stream["colours"].test[0]["input"] == "colour 24?" and stream["colours"].test[0]["output"] == "red"
     assert stream["claims"].test[1]["output"] == "no"
+    examples = json.loads((output / "model" / "examples.json").read_text())["examples"]
+    assert [row["input"] for row in examples if row["task"] == "claims"] == ["claim 1", "claim 2", "claim 3"]
+    capsys.readouterr()
+    assert cli.main(["eval", str(output)]) == 0  # the recorded stream file's test splits, not a data dir
+    printed = capsys.readouterr().out
+    assert "claims" in printed and "colours" in printed and str(stream_dir / "stream.yaml") in printed
+    assert cli.main(["eval", str(output), "--tasks", "colours"]) == 0
+    assert "claims" not in capsys.readouterr().out.split("data ")[-1]
 
 
 @pytest.mark.parametrize("edit, expected", [
@@ -448,12 +458,18 @@ def test_a_stream_file_of_local_datasets_runs_end_to_end(one_thread, tiny_model,
     (lambda t: t + "  - oops\n", "tasks[2] must be a mapping"),
     (lambda t: "tasks: [\n", "is not valid YAML"),
     (lambda t: t.replace("./chat_train.jsonl", "someone/not-downloaded"), "cannot load the dataset"),
+    (lambda t: t.replace("{train: chat_train.jsonl, test: chat_test.jsonl}", "{}"), "'data_files' is an empty mapping"),
+    (lambda t: t.replace("{train: chat_train.jsonl, test: chat_test.jsonl}", "[]"), "'data_files' must be a file"),
+    (lambda t: t.replace("test: chat_test.jsonl}", "test: [chat_test.jsonl, 3]}"), "'data_files' entry 'test'"),
+    (lambda t: t.replace("    chat: messages\n", "    chat: messages\n    revision: main\n"), "'revision' pins a Hub dataset"),
+    (lambda t: t.replace("input: text", "input: [text]"), "'input' must be a string"),
+    (lambda t: t.replace("Name the colour.", "Name the colour \udcff."), "is not UTF-8 text"),
 ])
 def test_a_bad_stream_file_fails_in_one_line_before_anything_is_written(edit, expected, tiny_model, stream_dir, tmp_path,
                                                                         capfd, monkeypatch):
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     bad = stream_dir / f"bad_{abs(hash(expected))}.yaml"
-    bad.write_text(edit((stream_dir / "stream.yaml").read_text()))
+    bad.write_bytes(edit((stream_dir / "stream.yaml").read_text()).encode("utf-8", "surrogateescape"))
     output = tmp_path / "out"
     capfd.readouterr()
     status = cli.main(["run", "--model", str(tiny_model), "--stream", str(bad), "--output", str(output)])

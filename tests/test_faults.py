@@ -25,6 +25,7 @@ from hf_conpet._io import atomic_directory, atomic_write, current_umask, recover
 from hf_conpet.base_models import IncompatibleBaseModelError
 from hf_conpet.memory import ReplayMemory
 from hf_conpet.model import RoutingError
+from hf_conpet.saved_layout import MANIFEST_NAME
 
 import fault_children
 from tiny_models import tiny_bert, tiny_llama
@@ -151,6 +152,41 @@ def test_a_failing_block_leaves_the_destination_as_it_was(tmp_path):
             (staging / "a").write_text("half")
             raise RuntimeError("boom")
     assert (destination / "a").read_text() == "old" and leftovers(tmp_path, "system") == []
+
+
+@pytest.mark.parametrize("interruption", [KeyboardInterrupt, OSError])
+def test_an_exception_between_the_renames_puts_the_old_tree_back_at_once(interruption, tmp_path, monkeypatch):
+    import hf_conpet._io as io_module
+
+    destination = tmp_path / "system"
+    with atomic_directory(destination) as staging:
+        (staging / "a").write_text("old")
+    real_replace, calls = os.replace, []
+
+    def replace_then_stop(source, target):
+        calls.append(Path(target).name)
+        if len(calls) == 2:  # the old tree is at .system.old, the new one not yet renamed in
+            raise interruption("stopped between the renames")
+        return real_replace(source, target)
+
+    monkeypatch.setattr(io_module.os, "replace", replace_then_stop)
+    with pytest.raises(interruption):
+        with atomic_directory(destination) as staging:
+            (staging / "a").write_text("new")
+    monkeypatch.setattr(io_module.os, "replace", real_replace)
+    assert calls[:2] == [".system.old", "system"]
+    assert (destination / "a").read_text() == "old" and leftovers(tmp_path, "system") == []
+
+
+def test_the_cli_finds_a_system_whose_swap_was_killed_between_the_renames(tmp_path):
+    from hf_conpet.cli.common import SYSTEM_DIR
+    from hf_conpet.cli.inspect import _system_dir
+
+    system = tmp_path / "run" / SYSTEM_DIR
+    with atomic_directory(system) as staging:
+        (staging / MANIFEST_NAME).write_text("{}")
+    os.replace(system, system.with_name(f".{SYSTEM_DIR}.old"))
+    assert _system_dir(str(tmp_path / "run")) == system and (system / MANIFEST_NAME).is_file()
 
 
 def test_stale_temp_files_of_dead_writers_are_removed_and_live_ones_kept(tmp_path):

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..names import CHECKPOINT_DIR  # noqa: F401  (the run's checkpoint: refused as an output, resumed)
+
 PROG = "hf-conpet"
 DEFAULT_OUTPUT = "hf-conpet-run"
 SYSTEM_DIR = "model"
 METRICS_FILE = "metrics.json"
 LOG_FILE = "run.log"
 RUN_ARGS_FILE = "run_args.json"
-CHECKPOINT_DIR = "checkpoint"  # ContinualCallback's; named here to refuse overwriting a run
 
 #: Settings of `run` when neither the command line nor (with --resume) the recorded run gives
 #: them. `model` / `data_dir` None mean the embedded offline defaults; `tasks` None means the

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -11,9 +10,15 @@ from .common import CHECKPOINT_DIR, DEFAULTS, PROG, SYSTEM_DIR, CliError, load_b
 from .run_settings import check_data
 
 def _system_dir(path: str) -> Path:
+    import contextlib
+
+    from .._io import recover_directory
     from ..saved_layout import MANIFEST_NAME
 
     folder = Path(path).expanduser()
+    for candidate in (folder, folder / SYSTEM_DIR):  # a save killed mid-swap: finish or undo it first
+        with contextlib.suppress(OSError):
+            recover_directory(candidate)
     if (folder / MANIFEST_NAME).is_file():
         return folder
     if (folder / SYSTEM_DIR / MANIFEST_NAME).is_file():
@@ -66,6 +71,24 @@ def _routing_for(model, requested: str | None) -> str:
     return "shared" if model.num_tasks == 1 else "oracle"
 
 
+def _recorded_stream(run: dict[str, Any], names: list[str], tokenizer, max_test: int | None):
+    """The test splits of the stream file a run was trained from, for the tasks in `names`."""
+    from ..data import TaskStream
+    from ..data.stream_file import StreamFileError, load_stream_file
+
+    path = Path(run["stream"])
+    if not path.is_file():
+        raise CliError(f"this system was trained from the stream file {path}, which is not there: pass --data-dir")
+    try:
+        stream = load_stream_file(path, tokenizer=tokenizer, seed=run.get("seed") or 0, max_test=max_test)
+    except StreamFileError as error:
+        raise CliError(one_line(error)) from None
+    missing = [name for name in names if name not in stream.names]
+    if missing:
+        raise CliError(f"{path} has no task {missing[0]!r} (its tasks: {', '.join(stream.names)})")
+    return TaskStream([stream[name].with_index(position) for position, name in enumerate(names)], tokenizer=tokenizer)
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from ..data import TaskStream
     from ..evaluation import evaluate_task
@@ -74,7 +97,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
     run = ((manifest.get("metrics") or {}).get("run")) or {}
     recorded_tasks = ((manifest.get("metrics") or {}).get("task_names")) or model.task_names
     routing = _routing_for(model, args.routing)
-    if args.data_dir is not None:
+    max_test = args.max_eval_examples or run.get("max_eval_examples")
+    if args.data_dir is None and run.get("stream"):  # trained from a stream file: read the same datasets
+        root, stream = Path(run["stream"]), _recorded_stream(run, args.tasks or recorded_tasks, tokenizer, max_test)
+        tasks = stream.names
+    elif args.data_dir is not None:
         root, embedded = Path(args.data_dir).expanduser(), False
     elif run.get("data_dir"):
         root, embedded = Path(run["data_dir"]), False
@@ -84,23 +111,23 @@ def cmd_eval(args: argparse.Namespace) -> int:
         from ..default_model import DEFAULT_DATA_DIR
 
         root, embedded = DEFAULT_DATA_DIR, True
-    tasks = check_data(root, list(args.tasks or recorded_tasks), embedded)
+    if not run.get("stream") or args.data_dir is not None:
+        tasks = check_data(root, list(args.tasks or recorded_tasks), embedded)
     if routing in ("selector", "oracle", "sum"):
         foreign = [t for t in tasks if t not in model.task_names]
         if foreign:
             raise CliError(f"unknown task {foreign[0]!r}: this system's tasks are {', '.join(model.task_names)}")
-    try:
-        stream = TaskStream.from_dir(root, order=tasks, tokenizer=tokenizer, max_test=args.max_eval_examples or run.get("max_eval_examples"))
-    except (OSError, ValueError, KeyError) as error:
-        raise CliError(f"cannot read the tasks in {root}: {one_line(error)}") from None
+    if not run.get("stream") or args.data_dir is not None:
+        try:
+            stream = TaskStream.from_dir(root, order=tasks, tokenizer=tokenizer, max_test=max_test)
+        except (OSError, ValueError, KeyError) as error:
+            raise CliError(f"cannot read the tasks in {root}: {one_line(error)}") from None
     collator = stream.collator("causal_lm", "generate", max_length=args.max_length or run.get("max_length") or DEFAULTS["max_length"])
     print(f"{folder}: {model.num_tasks} task module(s), routing: {routing}; data {root}")
     rows, hits, counted = [], 0, 0
     for task in stream:
         index = model.task_index(task.name) if routing != "shared" else task.index
-        if index != task.index:  # the model's own index for this task, whatever the order of --tasks
-            test = task.test.remove_columns("task_id").add_column("task_id", [index] * len(task.test))
-            task = dataclasses.replace(task, index=index, test=test)
+        task = task.with_index(index)  # the model's own index for this task, whatever the order of --tasks
         score = evaluate_task(model, task, collator, tokenizer, routing=routing)
         routed = None if score.selector_correct is None else score.selector_correct / score.total
         if score.selector_correct is not None:

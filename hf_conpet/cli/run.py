@@ -141,7 +141,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if recorded is not None:
         check_unchanged(args, recorded, output)
     settings = resolve_settings(args, recorded)
-    from ..saved_layout import MAX_EXAMPLES_PER_TASK
+    from ..saved_layout import MAX_EXAMPLES_PER_TASK, usable_examples
 
     if settings["examples_per_task"] > MAX_EXAMPLES_PER_TASK:
         raise CliError(f"--examples-per-task is at most {MAX_EXAMPLES_PER_TASK}, got {settings['examples_per_task']}")
@@ -224,7 +224,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             metrics = trainer.fit()
             result = {**metrics.to_dict(), "run": {**settings, "seconds": round(time.perf_counter() - started, 1)}}
             count = settings["examples_per_task"]
-            examples = {task.name: list(task.test["input"][:count]) for task in stream} if count else None
+            picked = {task.name: usable_examples(task.test["input"], count) for task in stream} if count else {}
+            examples = {name: texts for name, texts in picked.items() if texts} or None
             system = _publish(output, model, result, examples)
         except KeyboardInterrupt:
             logger.warning("interrupted", exc_info=True)

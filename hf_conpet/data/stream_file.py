@@ -48,7 +48,10 @@ def read_stream_file(path: str | Path) -> dict[str, Any]:
     path = Path(path).expanduser()
     if not path.is_file():
         raise StreamFileError(f"stream file {path} does not exist")
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise StreamFileError(f"{path} is not UTF-8 text ({error.reason} at byte {error.start})") from None
     try:
         content = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
     except (json.JSONDecodeError, yaml.YAMLError) as error:
@@ -79,10 +82,37 @@ def read_stream_file(path: str | Path) -> dict[str, Any]:
         for key, kind in (("splits", dict), ("data_files", (dict, str, list)), ("labels", list)):
             if key in task and not isinstance(task[key], kind):
                 raise StreamFileError(f"{where}: {key!r} has the wrong type ({type(task[key]).__name__})")
+        for key in ("config", "revision", "instruction", "chat", "input", "output"):
+            if task.get(key) is not None and not isinstance(task[key], str):
+                raise StreamFileError(f"{where}: {key!r} must be a string, got {type(task[key]).__name__}")
+        if "data_files" in task:
+            _check_data_files(task["data_files"], where)
         unknown_splits = sorted(set(task.get("splits") or {}) - {"train", "test", "validation"})
         if unknown_splits:
             raise StreamFileError(f"{where}: unknown split role {unknown_splits[0]!r} in 'splits' (train, test, validation)")
     return content
+
+
+def _check_data_files(data_files: Any, where: str) -> None:
+    """`data_files` as `load_dataset` takes it: a path, a non-empty list of paths, or a non-empty
+    mapping of split names to either."""
+    def paths(value: Any) -> bool:
+        if isinstance(value, str):
+            return bool(value)
+        return isinstance(value, list) and bool(value) and all(isinstance(item, str) and item for item in value)
+
+    if isinstance(data_files, dict):
+        if not data_files:
+            raise StreamFileError(f"{where}: 'data_files' is an empty mapping (give split: file)")
+        for split, value in data_files.items():
+            if not isinstance(split, str) or not paths(value):
+                raise StreamFileError(f"{where}: 'data_files' entry {split!r} must be a file or a non-empty list of files, got {value!r}"[:300])
+    elif not paths(data_files):
+        raise StreamFileError(f"{where}: 'data_files' must be a file, a non-empty list of files or a split: file mapping, got {data_files!r}"[:300])
+
+
+def _local_files(folder: Path, files: str | list[str]) -> str | list[str]:
+    return str(folder / files) if isinstance(files, str) else [str(folder / f) for f in files]
 
 
 def _load_arguments(task: dict[str, Any], base: Path) -> dict[str, Any]:
@@ -93,15 +123,17 @@ def _load_arguments(task: dict[str, Any], base: Path) -> dict[str, Any]:
     if local.exists() or dataset.startswith((".", "/", "~")):
         if not local.exists():
             raise StreamFileError(f"task {task['name']!r}: dataset {dataset!r} is a local path that does not exist ({local})")
+        if task.get("revision"):
+            raise StreamFileError(f"task {task['name']!r}: 'revision' pins a Hub dataset; {dataset!r} is a local path")
         folder = local if local.is_dir() else local.parent
         if data_files is None:
             data_files = str(local) if local.is_file() else None
         elif isinstance(data_files, dict):
-            data_files = {split: str(folder / f) for split, f in data_files.items()}
+            data_files = {split: _local_files(folder, files) for split, files in data_files.items()}
         else:
-            data_files = [str(folder / f) for f in ([data_files] if isinstance(data_files, str) else data_files)]
-        sample = next(iter(data_files.values())) if isinstance(data_files, dict) else (
-            data_files if isinstance(data_files, str) else (data_files or [None])[0])
+            data_files = _local_files(folder, data_files)
+        first = next(iter(data_files.values())) if isinstance(data_files, dict) else data_files
+        sample = first[0] if isinstance(first, list) else first
         builder = LOCAL_BUILDERS.get(Path(str(sample)).suffix) if sample else None
         if builder is None and local.is_dir():
             arguments["path"] = str(local)

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Optional, Union
 
 import numpy as np
@@ -92,6 +93,14 @@ class Task:
         if name not in SPLITS:
             raise ValueError(f"unknown split {name!r}; expected one of {SPLITS}")
         return getattr(self, name)
+
+    def with_index(self, index: int) -> "Task":
+        """This task at another position of a stream (every split's `task_id` follows)."""
+        if index == self.index:
+            return self
+        moved = {split: getattr(self, split).remove_columns("task_id").add_column("task_id", [index] * len(getattr(self, split)))
+                 for split in SPLITS}
+        return replace(self, index=index, **moved)
 
     def format_prompt(self, text: str, template: str = DEFAULT_TEMPLATE) -> str:
         """The prompt for a new input of this task (what ``prompt`` holds for stored examples)."""
