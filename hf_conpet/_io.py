@@ -1,4 +1,5 @@
-"""Crash-safe writes, the one implementation for the package: files, whole directories, recovery.
+"""Crash-safe writes, the one implementation for the package: files, whole directories, recovery;
+and the strict readers of what they wrote (JSON, safetensors).
 
 A reader must always find either the complete old state or the complete new one under a name,
 whatever instant a process is killed at (kill -9, power cut). Files: written to a temp file beside
@@ -256,3 +257,29 @@ def read_json(path: str | os.PathLike) -> Any:
         raise ValueError(f"{path} is not valid JSON: {error}") from None
     except UnicodeDecodeError as error:
         raise ValueError(f"{path} is not UTF-8 text: {error}") from None
+
+
+def _unreadable(path: Path, error: Exception) -> ValueError:
+    return ValueError(f"{path} is not a readable safetensors file: {type(error).__name__}: {' '.join(str(error).split())}")
+
+
+def read_safetensors(path: str | os.PathLike) -> dict:
+    """The tensors of a safetensors file; a truncated or foreign file is a ValueError that names it
+    (safetensors raises its own SafetensorError, which is no ValueError)."""
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(path)
+    except Exception as error:  # noqa: BLE001 - safetensors raises its own error types
+        raise _unreadable(Path(path), error) from None
+
+
+def safetensors_shapes(path: str | os.PathLike) -> dict[str, list[int]]:
+    """{name: shape} from a safetensors file's header, without reading the tensors."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(path, framework="pt") as handle:
+            return {key: list(handle.get_slice(key).get_shape()) for key in handle.keys()}
+    except Exception as error:  # noqa: BLE001
+        raise _unreadable(Path(path), error) from None

@@ -20,9 +20,9 @@ import math
 from pathlib import Path
 from typing import Any
 
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
-from ._io import atomic_directory, read_json, recover_directory, write_json
+from ._io import atomic_directory, read_json, read_safetensors, recover_directory, write_json
 from .rng_state import capture_rng_state, restore_rng_state
 
 PROGRESS_FILE = "progress.json"
@@ -98,7 +98,7 @@ def restore_generators(directory: Path) -> bool:
     if not tensors_path.is_file():
         raise FileNotFoundError(f"{directory} has {RNG_JSON} but no {RNG_TENSORS}: the checkpoint is incomplete")
     try:
-        restore_rng_state(read_json(directory / RNG_JSON), load_file(tensors_path))
+        restore_rng_state(read_json(directory / RNG_JSON), read_safetensors(tensors_path))
     except ValueError as error:
         raise ValueError(f"{directory / RNG_JSON} / {RNG_TENSORS}: {error}") from None
     return True

@@ -17,7 +17,7 @@ import numpy as np
 
 import datasets
 
-from ._io import atomic_write
+from ._io import atomic_write, read_json
 
 MEMORY_FORMAT_VERSION = 1
 MEMORY_MANIFEST = "replay_memory.json"
@@ -233,7 +233,7 @@ class ReplayMemory:
         manifest_path = os.path.join(directory, MEMORY_MANIFEST)
         if not os.path.isfile(manifest_path):
             raise FileNotFoundError(f"no {MEMORY_MANIFEST} in {directory}: not a saved ReplayMemory")
-        manifest = _read_json(manifest_path)
+        manifest = read_json(manifest_path)
 
         def require(condition: bool, field: str, expected: str, value: Any) -> None:
             if not condition:
@@ -300,14 +300,6 @@ class ReplayMemory:
 
 def _is_index(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
-
-
-def _read_json(path: str) -> Any:
-    try:
-        with open(path, encoding="utf-8") as handle:
-            return json.load(handle)
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{path} is not valid JSON: {error}") from None
 
 
 def reservoir_sample(num_items: int, capacity: int, rng: np.random.Generator) -> np.ndarray:

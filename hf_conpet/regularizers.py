@@ -237,10 +237,9 @@ class EWCRegularizer:
 
     @classmethod
     def load(cls, directory: str | os.PathLike) -> "EWCRegularizer":
-        from safetensors.torch import load_file
+        from ._io import read_json, read_safetensors
 
-        with open(os.path.join(directory, "ewc_config.json"), encoding="utf-8") as handle:
-            config = json.load(handle)
+        config = read_json(os.path.join(directory, "ewc_config.json"))
         if config.get("format_version") != EWC_FORMAT_VERSION:
             raise ValueError(
                 f"ewc_config.json in {directory} has format_version {config.get('format_version')!r}; "
@@ -248,7 +247,7 @@ class EWCRegularizer:
             )
         regularizer = cls(lambda_=config["lambda_"])
         regularizer.load_state_dict(
-            load_file(os.path.join(directory, "ewc_state.safetensors")), config["num_consolidated_tasks"]
+            read_safetensors(os.path.join(directory, "ewc_state.safetensors")), config["num_consolidated_tasks"]
         )
         return regularizer
 

@@ -31,18 +31,29 @@ def capture_rng_state() -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
 
 
 def restore_rng_state(plain: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
+    """Set every generator from a captured state; a malformed state is a ValueError and leaves
+    all of them as they were (none half-restored)."""
+    cuda = {}
+    for key in tensors:
+        if key.startswith("torch_cuda_"):
+            number = key[len("torch_cuda_"):]
+            if not number.isdigit():
+                raise ValueError(f"not a generator state (unknown key {key!r})")
+            cuda[int(number)] = tensors[key]
+    available = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    before = capture_rng_state()
     try:
         version, python_state, gauss = plain["python"]
         random.setstate((version, tuple(python_state), gauss))
         kind, keys, position, has_gauss, cached = plain["numpy"]
         np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), position, has_gauss, cached))
         torch.set_rng_state(tensors["torch_cpu"])
+        for device in sorted(cuda):  # by number: cuda 10 after cuda 9
+            if device < available:
+                torch.cuda.set_rng_state(cuda[device], device=device)
     except (KeyError, TypeError, ValueError, RuntimeError) as error:
+        restore_rng_state(*before)  # a state this process captured itself: it always restores
         raise ValueError(f"not a generator state ({type(error).__name__}: {error})") from None
-    cuda = sorted(k for k in tensors if k.startswith("torch_cuda_"))
-    if cuda and torch.cuda.is_available():
-        for key in cuda[: torch.cuda.device_count()]:
-            torch.cuda.set_rng_state(tensors[key], device=int(key.rsplit("_", 1)[1]))
 
 
 @contextmanager

@@ -19,11 +19,10 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from . import __version__
-from ._io import read_json, recover_directory, write_json
+from ._io import read_json, read_safetensors, recover_directory, safetensors_shapes, write_json
 from .config import FORMAT_VERSION
 from .names import (  # noqa: F401  (re-exported: the layout's names)
     ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME, EXAMPLES_NAME, MANIFEST_NAME, SELECTOR_CONFIG_NAME, SELECTOR_DIR,
@@ -116,16 +115,9 @@ def read_task_state(directory: Path, name: str) -> tuple[Path, dict[str, torch.T
     weights_path = Path(directory) / TASKS_DIR / name / ADAPTER_WEIGHTS_NAME
     if not weights_path.is_file():
         raise FileNotFoundError(f"Task {name!r} has no {weights_path}")
-    tensors = _load_safetensors(weights_path)
+    tensors = read_safetensors(weights_path)
     check_finite(tensors, weights_path)
     return weights_path, tensors
-
-
-def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
-    try:
-        return load_file(path)
-    except Exception as error:  # noqa: BLE001 - safetensors raises its own error types
-        raise ValueError(f"{path} is not a readable safetensors file: {type(error).__name__}: {error}") from None
 
 
 # ----------------------------------------------------------------------------------- manifest
@@ -252,13 +244,12 @@ def load_selector(selector_dir: Path, kind: str, device: torch.device, num_tasks
     except (TypeError, ValueError, IndexError) as error:
         raise ValueError(f"{config_path}: {error}") from None
     expected_shapes = {key: list(value.shape) for key, value in skeleton.state_dict().items()}
-    with safe_open(weights_path, framework="pt") as handle:
-        saved_shapes = {key: list(handle.get_slice(key).get_shape()) for key in handle.keys()}
+    saved_shapes = safetensors_shapes(weights_path)
     if saved_shapes != expected_shapes:
         differing = sorted(k for k in set(saved_shapes) | set(expected_shapes) if saved_shapes.get(k) != expected_shapes.get(k))
         shown = ", ".join(f"{k}: saved {saved_shapes.get(k)}, config gives {expected_shapes.get(k)}" for k in differing[:3])
         raise ValueError(f"{weights_path} does not fit {config_path} ({len(differing)} tensors differ: {shown})")
-    state = _load_safetensors(weights_path)
+    state = read_safetensors(weights_path)
     check_finite(state, weights_path)
     selector = selector_class.from_config(settings).to(device)
     selector.load_state_dict(state, strict=True)

@@ -17,6 +17,7 @@ import torch
 from transformers import PrinterCallback, Trainer, TrainingArguments, set_seed
 
 from .callback import ContinualCallback
+from .checkpoint import ResumeMismatchError
 from .methods import SHARED_MODULE_NAME, get_method
 from .regularizers import OLoRARegularizer
 
@@ -132,6 +133,10 @@ class ContinualTrainer:
             logger.info("resuming after %d finished tasks: %s", len(finished), finished)
         budget = self.callback.batches_per_task
         if self.method.train_data == "all":
+            if finished and list(finished) != list(self.stream.names):
+                raise ResumeMismatchError(
+                    f"this {self.method.name} run trained on {list(finished)} at once; a stream of "
+                    f"{list(self.stream.names)} needs a new run (resuming would train nothing new)")
             if not finished:
                 set_seed(self.args.seed)
                 self.model.add_task("multitask", instruction="all tasks at once")

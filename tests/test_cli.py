@@ -221,6 +221,18 @@ def test_resume_with_a_changed_setting_is_refused_up_front_and_plain_resume_stil
     assert cli.main(["run", "--output", str(output), "--resume", "--max-steps-per-task", "2"]) == 0
 
 
+def test_a_finished_multitask_run_is_not_resumed_with_more_tasks(one_thread, tiny_model, tiny_data, tmp_path, capfd):
+    """Multitask trains its one module on every task at once: a longer --tasks would train nothing new."""
+    output = tmp_path / "out"
+    assert cli.main(run_args(tiny_model, tiny_data, output, "--method", "multitask", "--tasks", "alpha")) == 0
+    before = {p: p.stat().st_mtime_ns for p in output.rglob("*") if p.is_file()}
+    capfd.readouterr()
+    assert cli.main(["run", "--output", str(output), "--resume", "--tasks", "alpha,beta"]) == 2
+    err = capfd.readouterr().err
+    assert err.count("\n") == 1 and "multitask trained on alpha at once" in err, err
+    assert {p: p.stat().st_mtime_ns for p in output.rglob("*") if p.is_file()} == before
+
+
 @pytest.mark.parametrize(
     "change, expected",
     [
@@ -280,6 +292,7 @@ def test_an_existing_run_is_not_overwritten_without_resume(finished_run, tiny_mo
     (["eval", "{tmp}"], "not a saved hf_conpet system"),
     (["eval", "{tmp}/missing"], "does not exist"),
     (["route", "{tmp}"], "the following arguments are required"),
+    (["route", "{tmp}", "fine", "  "], "prompt 2 is empty"),
 ])
 def test_eval_and_route_errors_are_one_line(argv, expected, tmp_path, capfd):
     capfd.readouterr()

@@ -296,6 +296,7 @@ HOSTILE = {
     "adapter lacks a layer": (ADAPTER, "tensors", lambda t: t.pop(Q_A), f"lacks {Q_A}"),
     "adapter of another rank": (ADAPTER, "tensors", lambda t: t.__setitem__(Q_A, torch.zeros(8, 32)), "has shape [8, 32]"),
     "adapter not safetensors": (ADAPTER, "text", "garbage", "not a readable safetensors file"),
+    "selector weights not safetensors": ("selector/model.safetensors", "text", "garbage", "not a readable safetensors file"),
 }
 
 
@@ -378,6 +379,25 @@ def test_a_malformed_progress_record_is_refused_by_field(change, expected, tmp_p
     edit_json(checkpoint / "progress.json", change)
     with pytest.raises(ValueError, match=expected):
         read_progress(checkpoint)
+
+
+@pytest.mark.parametrize("damage, expected", [
+    (lambda c: (c / "rng_state.safetensors").write_text("garbage"), "not a readable safetensors file"),
+    (lambda c: save_file({**load_file(c / "rng_state.safetensors"), "torch_cuda_x": torch.zeros(3, dtype=torch.uint8)},
+                         c / "rng_state.safetensors"), "unknown key 'torch_cuda_x'"),
+    (lambda c: save_file({"torch_cpu": torch.zeros(3, dtype=torch.uint8)}, c / "rng_state.safetensors"), "not a generator state"),
+])
+def test_a_damaged_generator_state_is_refused_by_file(damage, expected, tmp_path):
+    from hf_conpet.checkpoint import restore_generators
+
+    checkpoint = hostile_checkpoint(tmp_path)
+    damage(checkpoint)
+    random.seed(5)
+    state, python_state = torch.get_rng_state(), random.getstate()
+    with pytest.raises(ValueError, match=expected) as raised:
+        restore_generators(checkpoint)
+    assert "rng_state" in str(raised.value) and torch.equal(torch.get_rng_state(), state)
+    assert random.getstate() == python_state  # nothing half-restored
 
 
 def test_the_cli_refuses_a_base_with_only_pickled_weights(tmp_path, capfd):

@@ -122,3 +122,14 @@ def test_checkpoint_records_generator_states_and_settings(tokenizer, tmp_path):
     progress = json.loads((checkpoint / "progress.json").read_text())
     assert progress["settings"]["batches_per_task"] == 3 and progress["settings"]["learning_rate"] == 5e-3
     assert (checkpoint / "rng_state.json").is_file() and (checkpoint / "rng_state.safetensors").is_file()
+
+
+def test_a_multitask_run_is_not_resumed_with_a_longer_stream(tokenizer, tmp_path):
+    from hf_conpet.data import TaskStream
+
+    stream = small_stream(tokenizer)
+    first = TaskStream([stream[0]], tokenizer=tokenizer)
+    options = dict(method="multitask", batches_per_task=2, max_length=64, max_eval_examples=3)
+    ContinualTrainer(make_model(tokenizer, selector="none"), first, args(tmp_path), **options).fit()
+    with pytest.raises(ResumeMismatchError, match="resuming would train nothing new"):
+        ContinualTrainer(make_model(tokenizer, selector="none"), stream, args(tmp_path), resume=True, **options).fit()

@@ -150,8 +150,11 @@ def cmd_route(args: argparse.Namespace) -> int:
 
     from ..data import CausalLMGenerationCollator
 
-    model, tokenizer, manifest, folder = _load_system(args.system)
     texts = [text.replace("\\n", "\n") for text in args.texts]
+    blank = [number for number, text in enumerate(texts, start=1) if not text.strip()]
+    if blank:
+        raise CliError(f"prompt {blank[0]} is empty: give the text to route")
+    model, tokenizer, manifest, folder = _load_system(args.system)
     run = ((manifest.get("metrics") or {}).get("run")) or {}
     collate = CausalLMGenerationCollator(tokenizer, max_length=run.get("max_length") or DEFAULTS["max_length"])
     batch = collate([{"prompt": text, "task_id": 0} for text in texts])

@@ -125,6 +125,11 @@ def check_resumable(output: Path, method: str, tasks: list[str]) -> list[str]:
             f"cannot resume {output}: it finished tasks {','.join(finished)}, so --tasks must start with them "
             f"(got {','.join(tasks)})"
         )
+    from ..methods import METHODS
+
+    if finished and METHODS[method].train_data == "all" and tasks != finished:
+        raise CliError(f"cannot resume {output}: {method} trained on {','.join(finished)} at once; adding tasks "
+                       f"means training again from the start (a new --output)")
     return finished
 
 
