@@ -301,6 +301,24 @@ def test_eval_and_route_errors_are_one_line(argv, expected, tmp_path, capfd):
     assert err.count("\n") == 1 and expected in err, err
 
 
+def test_eval_loads_the_base_the_manifest_records_with_its_revision(finished_run, monkeypatch, capsys):
+    """eval/route find the base as `from_pretrained` does (id and revision from the manifest), so a
+    system trained on the embedded GGUF conversion is served by it, not by another copy."""
+    import hf_conpet.model as model_module
+
+    output, _ = finished_run
+    manifest = json.loads((output / "model" / "conpet_config.json").read_text())
+    calls, real = [], model_module.load_base_model
+
+    def spy(auto_class, base_id, revision, base_kwargs, **options):
+        calls.append((base_id, revision))
+        return real(auto_class, base_id, revision, base_kwargs, **options)
+
+    monkeypatch.setattr(model_module, "load_base_model", spy)
+    assert cli.main(["eval", str(output), "--max-eval-examples", "2"]) == 0
+    assert calls == [(manifest["base_model"]["name_or_path"], manifest["base_model"].get("revision"))]
+
+
 def test_eval_refuses_a_task_the_system_does_not_have(finished_run, capfd):
     output, _ = finished_run
     capfd.readouterr()

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from .common import CHECKPOINT_DIR, DEFAULTS, PROG, SYSTEM_DIR, CliError, load_base, one_line
+from .common import CHECKPOINT_DIR, DEFAULTS, PROG, SYSTEM_DIR, CliError, one_line
 from .run_settings import check_data
 
 def _system_dir(path: str) -> Path:
@@ -45,13 +45,22 @@ def _load_system(path: str):
         raise CliError(one_line(error)) from None
     if manifest.get("task_type") != ConPetModelForCausalLM.task_type:
         raise CliError(f"{folder} holds a {manifest.get('task_type')!r} system; this command serves causal LMs")
-    base_id = (manifest.get("base_model") or {}).get("name_or_path")
-    base, tokenizer = load_base(base_id)
+    from transformers.utils import logging as hf_logging
+
+    # The base as `from_pretrained` finds it from the manifest (id and recorded revision: the
+    # embedded GGUF conversion for a system trained on it, even where a Hub-cache copy exists).
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
     try:
-        model = ConPetModelForCausalLM.from_pretrained(folder, base_model=base)
+        model = ConPetModelForCausalLM.from_pretrained(folder)
     except Exception as error:  # noqa: BLE001
         raise CliError(f"cannot load the system in {folder}: {type(error).__name__}: {one_line(error)}") from None
-    model.tokenizer = tokenizer
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
+    tokenizer = model.tokenizer
+    if tokenizer is None:
+        raise CliError(f"the base model of {folder} ({model.base_model.model.config._name_or_path}) has no tokenizer")
     if torch.cuda.is_available():
         model.to("cuda")
     model.eval()
