@@ -8,7 +8,8 @@ the target, fsynced, renamed over it. Directories: POSIX cannot swap two directo
 to `.<name>.old`, renames the new one in, fsyncs the parent, then deletes `.<name>.old`. A kill
 between the two renames leaves only `.<name>.old`: `recover_directory` (run before every write and
 by the readers that resume) puts it back, deletes it once the new tree is in place, and removes the
-temp files and trees of writers that are no longer alive.
+temp files and trees of writers that are gone: a writer holds a flock on its temp while it
+writes, which the kernel drops however it dies.
 
 Everything is created with the permissions the umask gives (as `save_pretrained` does), not the
 owner-only modes of `tempfile`, so a web server or a Space container can read what was written.
@@ -24,11 +25,18 @@ import re
 import shutil
 import tempfile
 import threading
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None
+
 _UMASK_LOCK = threading.Lock()
+_UNLOCKED_GRACE_S = 60.0
 
 
 def current_umask() -> int:
@@ -106,6 +114,46 @@ def _is_alive(pid: int) -> bool:
     return True
 
 
+def _hold_writer_lock(fd: int) -> None:
+    """Mark a temp file or staging tree as being written: a shared flock on it, which the kernel
+    drops when the writer dies however it dies (and which, unlike a pid, means the same thing
+    in every container that shares the filesystem)."""
+    if fcntl is not None:
+        with contextlib.suppress(OSError):
+            fcntl.flock(fd, fcntl.LOCK_SH)
+
+
+def _being_written(path: Path, pid: int | None) -> bool:
+    """True while some process still writes `path` (holds its writer lock); by pid where flock
+    is not there (Windows) or for a temp of a writer that took no lock (hf_conpet <= 0.3)."""
+    if fcntl is None:
+        return pid is not None and _is_alive(pid)
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return True  # cannot tell: leave it
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return pid is not None and _is_alive(pid)
+    finally:
+        os.close(fd)
+    # Unlocked: its writer is gone, unless it is a live writer in the instant between creating
+    # the temp and locking it (same pid namespace: seen alive; young).
+    return pid is not None and _is_alive(pid) and time.time() - _mtime(path) < _UNLOCKED_GRACE_S
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return 0.0
+
+
 def _remove(path: Path) -> None:
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path, ignore_errors=True)
@@ -122,7 +170,7 @@ def remove_stale_temps(parent: Path, name: str) -> None:
             if not entry.name.startswith(prefix):
                 continue
             owner = _TEMP_OWNER.match(entry.name[len(prefix):])
-            if owner is None or not _is_alive(int(owner["pid"])):
+            if not _being_written(entry, int(owner["pid"]) if owner else None):
                 _remove(entry)
 
 
@@ -130,9 +178,7 @@ def remove_stale_temps(parent: Path, name: str) -> None:
 def _directory_lock(parent: Path) -> Iterator[None]:
     """Serialise swaps and recoveries in `parent` across processes (flock on the directory
     itself: no lock file to leave behind). Held only around renames, never around user code."""
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - Windows: the renames alone still keep a complete state
+    if fcntl is None:  # pragma: no cover - Windows: the renames alone still keep a complete state
         yield
         return
     fd = os.open(parent, os.O_RDONLY)
@@ -191,6 +237,8 @@ def atomic_directory(destination: str | os.PathLike) -> Iterator[Path]:
         raise FileExistsError(f"{destination} exists and is not a directory")
     recover_directory(destination)
     staging = _staging_directory(destination)
+    writer_lock = os.open(staging, os.O_RDONLY)
+    _hold_writer_lock(writer_lock)
     try:
         yield staging
         apply_umask(staging)
@@ -212,6 +260,8 @@ def atomic_directory(destination: str | os.PathLike) -> Iterator[Path]:
         with contextlib.suppress(Exception), _directory_lock(destination.parent):
             _recover_locked(destination)
         raise
+    finally:
+        os.close(writer_lock)
 
 
 def atomic_write(path: str | os.PathLike, data: bytes | str) -> Path:
@@ -220,13 +270,14 @@ def atomic_write(path: str | os.PathLike, data: bytes | str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temps(path.parent, path.name)
     fd, temporary = tempfile.mkstemp(prefix=f"{_temp_prefix(path.name)}{os.getpid()}-", dir=path.parent)
+    _hold_writer_lock(fd)  # held until the rename: no cleaner removes a temp that is being written
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data.encode("utf-8") if isinstance(data, str) else data)
             handle.flush()
             os.fsync(handle.fileno())
-        os.chmod(temporary, 0o666 & ~current_umask())
-        os.replace(temporary, path)
+            os.chmod(temporary, 0o666 & ~current_umask())
+            os.replace(temporary, path)
         _fsync(path.parent)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

@@ -197,6 +197,22 @@ def test_stale_temp_files_of_dead_writers_are_removed_and_live_ones_kept(tmp_pat
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["x.json", live.name])
 
 
+def test_a_temp_locked_by_its_writer_is_kept_whatever_its_pid_says(tmp_path):
+    """A writer in another container (another pid namespace) has a pid that means nothing here;
+    its flock on the temp does, and the kernel drops it when the writer dies."""
+    import fcntl
+
+    other = tmp_path / ".x.json.tmp-999999999-abc"  # no such pid on this machine
+    other.write_text("being written elsewhere")
+    fd = os.open(other, os.O_RDONLY)
+    fcntl.flock(fd, fcntl.LOCK_SH)
+    atomic_write(tmp_path / "x.json", "{}")
+    assert other.exists()
+    os.close(fd)  # the writer dies: its lock goes with it
+    atomic_write(tmp_path / "x.json", "{}")
+    assert not other.exists()
+
+
 # ------------------------------------------------------------------------------ permissions
 @pytest.mark.parametrize("umask", [0o022, 0o077])
 def test_outputs_follow_the_umask(umask, tmp_path):
