@@ -9,7 +9,8 @@ each N runs in a fresh process (peak RSS is per process) and prints, per N:
   routed greedy generation (16 prompts to 16 different tasks, 16 new tokens) with N tasks / with 2;
   SAPT's dense mixture over N tasks / over 2 (one forward; its cost grows with N by design);
   the analytic router's end-of-task update at N (statistics of 256 prompts, then the solve), and
-  ConPET's replay-trained selector's (600 steps of 32 cached features, half new, half from N - 1 old tasks).
+  ConPET's replay-trained selector's (600 steps of 32 cached features, half new, half from N - 1 old tasks),
+  with the replay memory and the selector's cache under the default memory budget.
 Then the ratios the scaling issue sets goals for, across N.
 """
 
@@ -30,7 +31,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from _common import interleaved_medians
 from hf_conpet import ConPetConfig, ConPetModelForCausalLM
-from hf_conpet.memory import ReplayMemory
+from hf_conpet.memory import DEFAULT_MEMORY_BUDGET, ReplayMemory
 from hf_conpet.selectors import AnalyticSelector, ConPetSelector, TaskEndContext
 
 
@@ -118,32 +119,42 @@ def measure(n: int, repeats: int) -> dict:
                                      features=lambda rows: features[: len(rows)], batch_size=32, steps=0,
                                      replay_ratio=1.0, seed=0))
     figures["analytic_update_s"] = time.perf_counter() - start
-    figures["conpet_selector_s"] = conpet_selector_seconds(n)
+    figures["conpet_selector_s"], held = conpet_selector_seconds(n)
+    figures.update(held)
     figures["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return figures
 
 
-def conpet_selector_seconds(n: int) -> float:
-    """ConPET's selector update for task N with N - 1 old tasks already learned and cached (synthetic)."""
+def conpet_selector_seconds(n: int) -> tuple[float, dict]:
+    """ConPET's selector update for task N with N - 1 old tasks already learned and cached (synthetic
+    features), under the default memory budget; and what the memory and the cache then hold."""
     import datasets
 
+    from hf_conpet.memory import DEFAULT_MEMORY_BUDGET, priority_order
+
     selector = ConPetSelector(hidden_size=256, feature_source="embeddings")
-    memory = ReplayMemory("all")
-    rows = datasets.Dataset.from_dict({"id": list(range(256))})
+    memory = ReplayMemory("all", budget=DEFAULT_MEMORY_BUDGET)
+    rows = datasets.Dataset.from_dict({"id": list(range(256)), "input": [f"a training prompt of some length {k}" for k in range(256)]})
     generator = torch.Generator().manual_seed(3)
+    start = time.perf_counter()
+    for index in range(n - 1):
+        memory.add_task(index, rows)
+    memory_add_s = time.perf_counter() - start
     for index in range(n):
         selector.add_task()
-        if index < n - 1:
-            memory.add_task(index, rows)
-            selector._subset_cache[index] = rows
-            selector._feature_cache[index] = torch.randn(256, 256, generator=generator)
+        if index < n - 1:  # the selector cached each old task's first rows in priority order
+            kept = memory.num_examples(index)
+            selector._subset_cache[index] = rows.select(priority_order(len(rows), index)[:kept])
+            selector._feature_cache[index] = torch.randn(kept, 256, generator=generator)
     features = torch.randn(256, 256, generator=generator)
     context = TaskEndContext(task_index=n - 1, train=rows, validation=rows.select(range(32)), memory=memory,
                              features=lambda subset: features[: len(subset)], batch_size=32, steps=600,
                              replay_ratio=1.0, seed=0)
     start = time.perf_counter()
     selector.end_task(context)
-    return time.perf_counter() - start
+    seconds = time.perf_counter() - start
+    cache_bytes = sum(t.numel() * t.element_size() for t in selector._feature_cache.values())
+    return seconds, {"memory_rows": len(memory), "memory_add_s_total": memory_add_s, "selector_cache_mib": cache_bytes / 2**20}
 
 
 def main() -> None:
@@ -180,7 +191,11 @@ def main() -> None:
         for key in ("add_ms_per_task", "load_ms_per_module"):
             print(f"RATIO {key} at N={largest} / N={previous}: {results[largest][key] / results[previous][key]:.3f} (goal <= 1.5)")
         print(f"RATIO peak RSS at N={largest} / N={previous}: {results[largest]['peak_rss_mib'] / results[previous]['peak_rss_mib']:.3f} "
-              "(no replay memory or selector cache here: the LoRA stacks themselves)")
+              "(goal <= 1.10; replay memory and ConPET's cache under the default budget, plus the LoRA stacks themselves)")
+        for n in sizes:
+            r = results[n]
+            print(f"N={n}: replay memory {r['memory_rows']} rows (budget {DEFAULT_MEMORY_BUDGET}), ConPET selector cache "
+                  f"{r['selector_cache_mib']:.1f} MiB, memory.add_task {1000 * r['memory_add_s_total'] / max(n - 1, 1):.2f} ms per task")
         print(f"RATIO analytic router update at N={largest} / N={sizes[0]}: "
               f"{results[largest]['analytic_update_s'] / results[sizes[0]]['analytic_update_s']:.3f} (goal <= 1.5)")
         print(f"RATIO ConPET selector update at N={largest} / N={sizes[0]}: "

@@ -26,7 +26,7 @@ from .evaluation import AnswerCache, evaluate_task
 from .methods import get_method
 from .metrics import ContinualMetrics
 from .names import CHECKPOINT_DIR
-from .memory import ReplayMemory
+from .memory import DEFAULT_MEMORY_BUDGET, ReplayMemory
 from .replay import build_replay_dataset
 from .rng_state import generators_untouched
 from .selectors import TaskEndContext
@@ -67,6 +67,7 @@ class ContinualCallback(TrainerCallback):
         batches_per_task: int | None = None,
         replay_ratio: float | None = None,
         memory: ReplayMemory | None = None,
+        memory_budget: int | None = DEFAULT_MEMORY_BUDGET,
         max_length: int | None = 256,
         eval_batch_size: int = 16,
         max_eval_examples: int | None = None,
@@ -85,7 +86,7 @@ class ContinualCallback(TrainerCallback):
         self.batch_size = batch_size
         self.batches_per_task = batches_per_task or model.conpet_config.batches_per_task
         self.replay_ratio = replay_ratio if replay_ratio is not None else model.conpet_config.replay_ratio
-        self.memory = memory if memory is not None else ReplayMemory("all", seed=seed)
+        self.memory = memory if memory is not None else ReplayMemory("all", seed=seed, budget=memory_budget)
         self.max_length = max_length
         self.eval_batch_size = eval_batch_size
         self.max_eval_examples = max_eval_examples
@@ -106,7 +107,7 @@ class ContinualCallback(TrainerCallback):
             "batch_size": batch_size, "batches_per_task": self.batches_per_task, "replay_ratio": self.replay_ratio,
             "max_length": max_length, "max_eval_examples": max_eval_examples, "selector_steps": selector_steps,
             "selector_batch_size": selector_batch_size, "seed": seed, "memory_strategy": self.memory.strategy,
-            "memory_capacity": self.memory.capacity,
+            "memory_capacity": self.memory.capacity, "memory_budget": self.memory.budget,
         }
 
     # ----- what the Trainer trains on ---------------------------------------------------------

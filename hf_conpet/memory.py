@@ -22,6 +22,9 @@ from ._io import atomic_write, read_json
 MEMORY_FORMAT_VERSION = 1
 MEMORY_MANIFEST = "replay_memory.json"
 STRATEGIES = ("all", "reservoir", "kmeans")
+#: Rows the default replay memory of a run keeps over all tasks together (and so the most rows
+#: whose features ConPET's selector caches): every row of 10 tasks of 1000, 50 per task at 1000.
+DEFAULT_MEMORY_BUDGET = 50_000
 
 
 class ReplayMemory:
@@ -38,6 +41,11 @@ class ReplayMemory:
     `group_column`: when set, `capacity` applies to each value of that column within a task
     (ConPET's baselines kept 20-100 exemplars *per class*); otherwise to the task as a whole.
 
+    `budget`: at most this many rows in all, whatever the number of tasks: with T tasks each
+    keeps at most `per_task_quota()` <= `budget // T` (the first in its seeded `priority_order`, so a task's rows only
+    ever shrink to a subset of what it kept before), and memory stops growing once the budget
+    is reached. A task that would leave fewer than `min_per_task` rows per task is refused.
+
     Rows must be JSON-serialisable (plain `datasets` values are): `save` writes JSONL, no pickle.
     """
 
@@ -48,7 +56,15 @@ class ReplayMemory:
         seed: int = 0,
         group_column: str | None = None,
         kmeans_iterations: int = 100,
+        budget: int | None = None,
+        min_per_task: int = 1,
     ) -> None:
+        if budget is not None and not (isinstance(budget, int) and not isinstance(budget, bool) and budget >= 1):
+            raise ValueError(f"ReplayMemory budget must be a positive integer number of rows or None, got {budget!r}")
+        if not (isinstance(min_per_task, int) and not isinstance(min_per_task, bool) and min_per_task >= 1):
+            raise ValueError(f"ReplayMemory min_per_task must be a positive integer, got {min_per_task!r}")
+        if budget is not None and min_per_task > budget:
+            raise ValueError(f"ReplayMemory min_per_task={min_per_task} is more than the whole budget of {budget} rows")
         if strategy not in STRATEGIES:
             raise ValueError(f"ReplayMemory strategy must be one of {STRATEGIES}, got {strategy!r}")
         if strategy == "all":
@@ -69,6 +85,7 @@ class ReplayMemory:
         self.seed = int(seed)
         self.group_column = group_column
         self.kmeans_iterations = kmeans_iterations
+        self.budget, self.min_per_task = budget, min_per_task
         self._rows_by_task: dict[int, datasets.Dataset] = {}
         # Row positions in the dataset given to `add_task` (None: all rows), and its size.
         self._source_rows_by_task: dict[int, list[int] | None] = {}
@@ -92,6 +109,12 @@ class ReplayMemory:
         if task_index in self._rows_by_task and not overwrite:
             raise ValueError(
                 f"ReplayMemory already holds task {task_index}; pass overwrite=True to replace it"
+            )
+        num_tasks = len(set(self._rows_by_task) | {task_index})
+        if self.budget is not None and self.budget // num_tasks < self.min_per_task:
+            raise ValueError(
+                f"ReplayMemory budget of {self.budget} rows cannot keep {self.min_per_task} per task for "
+                f"{num_tasks} tasks: raise the budget or lower min_per_task"
             )
         examples = _as_dataset(examples, what=f"task {task_index}")
         if len(examples) == 0:
@@ -122,7 +145,46 @@ class ReplayMemory:
         self._rows_by_task[task_index] = stored.with_format(None)
         self._source_rows_by_task[task_index] = kept
         self._num_seen_by_task[task_index] = len(examples)
+        self._keep_within_budget()
         return self._rows_by_task[task_index]
+
+    def per_task_quota(self) -> int | None:
+        """Rows each task may keep now (None: no budget): the fair share `budget // T` rounded down
+        to a step of a geometric ladder (8 steps per doubling), so tasks shrink about every 9% of
+        growth rather than at every new task (each shrink costs a pass over every task), using at
+        least 91% of the budget."""
+        if self.budget is None or not self._rows_by_task:
+            return None
+        fair = self.budget // len(self._rows_by_task)
+        step, k = 1, 0
+        while int(2 ** ((k + 1) / 8)) <= fair:
+            k += 1
+            step = int(2 ** (k / 8))
+        return max(step, self.min_per_task)
+
+    def _keep_within_budget(self) -> None:
+        """Shrink every task to the quota, keeping its first rows in priority order."""
+        quota = self.per_task_quota()
+        if quota is None:
+            return
+        for task, rows in self._rows_by_task.items():
+            if len(rows) <= quota:
+                continue
+            sources = self.source_rows(task)
+            ranks = priority_ranks(self._num_seen_by_task[task], task)
+            kept = sorted(np.argsort([ranks[p] for p in sources], kind="stable")[:quota].tolist())  # source order kept
+            shrunk = rows.select(kept)
+            if 2 * len(shrunk) <= shrunk.data.num_rows:  # copy out only once half the table is unused
+                shrunk = _flatten_quietly(shrunk)
+            self._rows_by_task[task] = shrunk.with_format(None)
+            self._source_rows_by_task[task] = [sources[k] for k in kept]
+
+    def in_priority_order(self, task_index: int) -> datasets.Dataset:
+        """A task's stored rows in the order the budget keeps them (a prefix survives any shrink)."""
+        rows = self.examples(task_index)
+        ranks = priority_ranks(self._num_seen_by_task[task_index], task_index)
+        order = np.argsort([ranks[p] for p in self.source_rows(task_index)], kind="stable")
+        return rows.select(order.tolist())
 
     def _select_rows(self, task_index: int, examples: datasets.Dataset, vectors: np.ndarray | None):
         """Row positions to keep (sorted), or None for all of them."""
@@ -183,7 +245,8 @@ class ReplayMemory:
 
     def __repr__(self) -> str:
         sizes = {task: len(self._rows_by_task[task]) for task in self.tasks}
-        return f"ReplayMemory(strategy={self.strategy!r}, capacity={self.capacity}, tasks={sizes})"
+        budget = "" if self.budget is None else f", budget={self.budget}"
+        return f"ReplayMemory(strategy={self.strategy!r}, capacity={self.capacity}{budget}, tasks={sizes})"
 
     # -- persistence --------------------------------------------------------------------------
 
@@ -221,6 +284,8 @@ class ReplayMemory:
             "seed": self.seed,
             "group_column": self.group_column,
             "kmeans_iterations": self.kmeans_iterations,
+            "budget": self.budget,
+            "min_per_task": self.min_per_task,
             "tasks": entries,
         }
         # The manifest goes last: a reader never sees it pointing at files not yet written.
@@ -251,6 +316,7 @@ class ReplayMemory:
             memory = cls(
                 strategy=manifest.get("strategy"), capacity=manifest.get("capacity"), seed=manifest.get("seed"),
                 group_column=manifest.get("group_column"), kmeans_iterations=manifest.get("kmeans_iterations"),
+                budget=manifest.get("budget"), min_per_task=manifest.get("min_per_task", 1),
             )
         except (TypeError, ValueError) as error:
             raise ValueError(f"{manifest_path}: {error}") from None
@@ -293,13 +359,32 @@ class ReplayMemory:
                 memory._rows_by_task[task] = datasets.Dataset.from_dict(columns, features=features)
             except Exception as error:  # noqa: BLE001
                 raise ValueError(f"{path}: the rows do not fit the manifest's features ({error})") from None
+            if source_rows is not None and any(r >= entry["num_seen"] for r in source_rows):
+                raise ValueError(f"{manifest_path}: field '{where}.source_rows' names rows beyond num_seen {entry['num_seen']}")
             memory._source_rows_by_task[task] = source_rows
             memory._num_seen_by_task[task] = int(entry["num_seen"])
+        quota = memory.per_task_quota()
+        if quota is not None and any(len(rows) > quota for rows in memory._rows_by_task.values()):
+            raise ValueError(f"{manifest_path}: a task holds more than the budget's {quota} rows per task")
         return memory
 
 
 def _is_index(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def priority_order(num_rows: int, task_index: int) -> np.ndarray:
+    """A task's rows in the seeded order in which they are kept when space runs short: the memory's
+    budget keeps a prefix of it, and ConPET's selector caches the features of a prefix of it, so
+    the two always hold the same rows (the permutation `Dataset.shuffle(seed=task_index)` draws)."""
+    return np.random.default_rng(task_index).permutation(num_rows)
+
+
+def priority_ranks(num_rows: int, task_index: int) -> np.ndarray:
+    """rank[p]: where row p stands in `priority_order`."""
+    ranks = np.empty(num_rows, dtype=np.int64)
+    ranks[priority_order(num_rows, task_index)] = np.arange(num_rows)
+    return ranks
 
 
 def reservoir_sample(num_items: int, capacity: int, rng: np.random.Generator) -> np.ndarray:

@@ -221,6 +221,14 @@ def test_resume_with_a_changed_setting_is_refused_up_front_and_plain_resume_stil
     assert cli.main(["run", "--output", str(output), "--resume", "--max-steps-per-task", "2"]) == 0
 
 
+def test_the_memory_budget_bounds_what_the_run_keeps(one_thread, tiny_model, tiny_data, tmp_path):
+    output = tmp_path / "out"
+    assert cli.main(run_args(tiny_model, tiny_data, output, "--memory-budget", "30")) == 0
+    assert json.loads((output / "run_args.json").read_text())["memory_budget"] == 30
+    replay = json.loads((output / "checkpoint" / "replay" / "replay_memory.json").read_text())
+    assert replay["budget"] == 30 and [task["num_examples"] for task in replay["tasks"]] == [14, 14]  # 30 // 2 on the ladder
+
+
 def test_a_finished_multitask_run_is_not_resumed_with_more_tasks(one_thread, tiny_model, tiny_data, tmp_path, capfd):
     """Multitask trains its one module on every task at once: a longer --tasks would train nothing new."""
     output = tmp_path / "out"
@@ -242,6 +250,7 @@ def test_a_finished_multitask_run_is_not_resumed_with_more_tasks(one_thread, tin
         (["--model", "{tmp}/empty-model"], "cannot load model"),
         (["--model", "{tmp}/no-such-model"], "cannot load model"),
         (["--max-steps-per-task", "0"], "expected a positive integer"),
+        (["--memory-budget", "1"], "cannot keep one replay row per task for 2 tasks"),
         (["--targets", "no_such_proj"], "cannot put LoRA modules"),
     ],
 )

@@ -438,3 +438,91 @@ def test_unserialisable_rows_and_missing_manifest(tmp_path):
         memory.save(tmp_path / "memory")
     with pytest.raises(FileNotFoundError, match="replay_memory.json"):
         ReplayMemory.load(tmp_path / "nowhere")
+
+
+# ------------------------------------------------------------------------------ the memory budget
+def rows_of(task: int, count: int) -> datasets.Dataset:
+    return datasets.Dataset.from_dict({"id": [f"{task}-{k}" for k in range(count)], "task_id": [task] * count})
+
+
+def test_priority_order_is_the_permutation_dataset_shuffle_draws():
+    from hf_conpet.memory import priority_order
+
+    rows = rows_of(3, 57)
+    assert rows.shuffle(seed=3)["id"] == rows.select(priority_order(57, 3))["id"]
+
+
+@pytest.mark.parametrize("strategy, capacity", [("all", None), ("reservoir", 30)])
+def test_the_budget_is_never_exceeded_and_tasks_only_shrink_to_subsets(strategy, capacity, tmp_path):
+    memory = ReplayMemory(strategy, capacity=capacity, budget=100, min_per_task=5)
+    held: dict[int, set] = {}
+    for task in range(20):
+        memory.add_task(task, rows_of(task, 40 + task))
+        assert len(memory) <= 100
+        quota = memory.per_task_quota()
+        assert 0.9 * (100 // (task + 1)) <= quota <= 100 // (task + 1)  # the fair share, on the ladder
+        for old in memory.tasks:
+            ids = set(memory.examples(old)["id"])
+            assert len(ids) == min(quota, capacity or 10 ** 9, 40 + old) >= 5
+            assert old not in held or ids <= held[old]  # a shrink keeps a subset of what was kept
+            assert [f"{old}-{p}" for p in memory.source_rows(old)] == memory.examples(old)["id"]
+            held[old] = ids
+    # the 21st task would leave 4 rows per task, under the minimum: refused, nothing changed
+    before = {task: memory.examples(task)["id"] for task in memory.tasks}
+    with pytest.raises(ValueError, match="cannot keep 5 per task for 21 tasks"):
+        memory.add_task(20, rows_of(20, 40))
+    assert {task: memory.examples(task)["id"] for task in memory.tasks} == before
+    memory.save(tmp_path / "memory")
+    loaded = ReplayMemory.load(tmp_path / "memory")
+    assert loaded.budget == 100 and loaded.min_per_task == 5
+    assert {t: loaded.examples(t)["id"] for t in loaded.tasks} == before
+    assert all(loaded.in_priority_order(t)["id"] == memory.in_priority_order(t)["id"] for t in loaded.tasks)
+
+
+def test_a_saved_memory_over_its_budget_is_refused(tmp_path):
+    memory = ReplayMemory("all", budget=60)
+    for task in range(2):
+        memory.add_task(task, rows_of(task, 40))
+    memory.save(tmp_path / "memory")
+    manifest_path = tmp_path / "memory" / "replay_memory.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["budget"] = 40
+    manifest_path.write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match="more than the budget's 20 rows per task"):
+        ReplayMemory.load(tmp_path / "memory")
+
+
+@pytest.mark.parametrize("budget, min_per_task, expected", [
+    (0, 1, "budget must be a positive integer"), (10, 0, "min_per_task must be a positive integer"),
+    (3, 4, "more than the whole budget"),
+])
+def test_bad_budgets_are_refused(budget, min_per_task, expected):
+    with pytest.raises(ValueError, match=expected):
+        ReplayMemory("all", budget=budget, min_per_task=min_per_task)
+
+
+def test_conpet_selector_caches_only_the_rows_the_budgeted_memory_keeps():
+    """The selector's cached features follow the memory's budget: the same rows (both keep a prefix
+    of each task's priority order), so its cache stops growing with the memory."""
+    from hf_conpet.selectors import ConPetSelector, TaskEndContext
+
+    table = torch.randn(20, 64, 8, generator=torch.Generator().manual_seed(0))  # [task, row, d] features
+
+    def features(rows):
+        return torch.stack([table[int(i.split("-")[0]), int(i.split("-")[1])] for i in rows["id"]])
+
+    selector = ConPetSelector(hidden_size=8, head_dim=8, feature_source="embeddings", max_cached_examples=16)
+    memory = ReplayMemory("all", budget=120)
+    for task in range(12):
+        selector.add_task()
+        rows = rows_of(task, 64)
+        selector.end_task(TaskEndContext(task_index=task, train=rows, validation=rows.select(range(4)), memory=memory,
+                                         features=features, batch_size=8, steps=3, replay_ratio=1.0, seed=task))
+        for old in memory.tasks:  # what the selector trained on: no more than the memory keeps, the same rows
+            cached = selector._subset_cache[old]["id"]
+            assert len(cached) == min(16, memory.num_examples(old))
+            assert set(cached) <= set(memory.examples(old)["id"])
+            assert torch.equal(selector._feature_cache[old], features(selector._subset_cache[old]))
+        assert sum(len(selector._feature_cache[t]) for t in memory.tasks) <= 120
+        memory.add_task(task, rows)
+    assert [len(selector._feature_cache[t]) for t in range(11)] == [10] * 11  # 120 // 11 = 10, on the ladder

@@ -133,3 +133,16 @@ def test_a_multitask_run_is_not_resumed_with_a_longer_stream(tokenizer, tmp_path
     ContinualTrainer(make_model(tokenizer, selector="none"), first, args(tmp_path), **options).fit()
     with pytest.raises(ResumeMismatchError, match="resuming would train nothing new"):
         ContinualTrainer(make_model(tokenizer, selector="none"), stream, args(tmp_path), resume=True, **options).fit()
+
+
+@pytest.mark.parametrize("method", ["conpet", "replay"])
+def test_a_run_under_a_binding_memory_budget_resumes_bit_for_bit(method, tokenizer, tmp_path):
+    """30 rows for 3 tasks of 20: the memory and ConPET's selector cache shrink at every task end,
+    in the same way in an uninterrupted and in a resumed run."""
+    reference, reference_metrics = continual_run(tokenizer, tmp_path / "whole", method, "random", memory_budget=30)
+    continual_run(tokenizer, tmp_path / "cut", method, "random", stop_before=2, memory_budget=30)
+    resumed, resumed_metrics = continual_run(tokenizer, tmp_path / "cut", method, "random", memory_budget=30)
+    assert_same_state(system_state(reference), system_state(resumed))
+    assert resumed_metrics.matrix == reference_metrics.matrix
+    replay = json.loads((tmp_path / "whole" / "run" / "checkpoint" / "replay" / "replay_memory.json").read_text())
+    assert replay["budget"] == 30 and sum(task["num_examples"] for task in replay["tasks"]) <= 30

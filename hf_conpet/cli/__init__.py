@@ -125,6 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--examples-per-task", type=_non_negative_int, metavar="N",
                      help=f"test inputs per task saved with the system for its demo to offer (default {d['examples_per_task']}; "
                      "0 for private data)")
+    run.add_argument("--memory-budget", type=_positive_int, metavar="N",
+                     help=f"replay rows kept over all tasks together, shared equally (default {d['memory_budget']})")
     run.add_argument("--max-train-examples", type=_positive_int, metavar="N", help="training examples kept per task (default: all)")
     run.add_argument("--seed", type=_non_negative_int, metavar="N", help=f"random seed (default {d['seed']})")
     run.add_argument("--r", type=_positive_int, metavar="N", help=f"LoRA rank of every task module (default {d['r']})")

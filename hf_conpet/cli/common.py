@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..memory import DEFAULT_MEMORY_BUDGET
 from ..names import CHECKPOINT_DIR  # noqa: F401  (the run's checkpoint: refused as an output, resumed)
 
 PROG = "hf-conpet"
@@ -35,6 +36,7 @@ DEFAULTS: dict[str, Any] = {
     "targets": ["q_proj", "v_proj"],
     "new_task_init": "previous",
     "examples_per_task": 3,
+    "memory_budget": DEFAULT_MEMORY_BUDGET,
 }
 #: Settings that may change on --resume: they shape only what is published, not what is trained.
 PUBLISHING_SETTINGS = ("examples_per_task",)

@@ -174,6 +174,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             stream = TaskStream.from_dir(root, order=tasks, seed=settings["seed"], max_train=settings["max_train_examples"])
         except (OSError, ValueError, KeyError) as error:
             raise CliError(f"cannot read the tasks in {root}: {one_line(error)}") from None
+    if settings["memory_budget"] < len(tasks):
+        raise CliError(f"--memory-budget {settings['memory_budget']} cannot keep one replay row per task for {len(tasks)} tasks")
     finished = check_resumable(output, method, tasks) if args.resume else []
 
     print(f"loading base model {settings['model'] or '(embedded default: SmolLM2-135M-Instruct)'} ...", flush=True)
@@ -219,6 +221,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             trainer = trainer_class(
                 model, stream, training_args, method=method, batches_per_task=settings["max_steps_per_task"],
                 resume=args.resume, max_length=settings["max_length"], max_eval_examples=settings["max_eval_examples"],
+                memory_budget=settings["memory_budget"],
                 progress=progress, echo=echo,
             )
             metrics = trainer.fit()

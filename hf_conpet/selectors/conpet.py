@@ -67,13 +67,23 @@ class ConPetSelector(TaskSelector):
         Features of a capped, seeded subset of each task's training prompts are computed once
         and cached; every task then costs `context.steps` small steps however many came before.
         """
+        from ..memory import priority_order
         from ..replay import DynamicReplaySampler
 
-        cache, subsets = self._feature_cache, self._subset_cache
-        for index in [*context.memory.tasks, context.task_index]:
+        cache, subsets, memory = self._feature_cache, self._subset_cache, context.memory
+        for index in [*memory.tasks, context.task_index]:
             if index not in subsets:  # once per task (and once after a resume): the old tasks' rows never change
-                rows = context.train if index == context.task_index else context.memory.examples(index)
-                subsets[index] = rows.shuffle(seed=index).select(range(min(len(rows), self.max_cached_examples)))
+                if index == context.task_index:
+                    rows = context.train.select(priority_order(len(context.train), index)[: self.max_cached_examples])
+                else:  # after a resume: the same rows, from the memory
+                    rows = memory.in_priority_order(index).select(range(min(memory.num_examples(index), self.max_cached_examples)))
+                subsets[index] = rows
+            if index != context.task_index and getattr(memory, "budget", None) is not None:
+                kept = memory.num_examples(index)  # the budget shrank this task: cache no more than it keeps
+                if len(subsets[index]) > kept:  # (both are prefixes of the task's priority order)
+                    subsets[index] = subsets[index].select(range(kept))
+                    if index in cache:
+                        cache[index] = cache[index][:kept].clone()
             if index not in cache:
                 cache[index] = context.features(subsets[index]).to(self.task_rows.device)
         if self.num_tasks < 2:
