@@ -1,6 +1,6 @@
 """The analytic router's settings, swept on one set of frozen features (computed once per source).
 
-    python benchmarks/analytic_sweep.py [--sources hidden,embeddings] [--expansion-dims 0,2048,8192]
+    python benchmarks/analytic_sweep.py [--sources embeddings,hidden:-1,hidden:15,last:-1] [--expansion-dims 0,2048]
 
 The analytic router only ever sees the frozen backbone's prompt features, so every setting can be
 scored on the same features: this computes each task's train / validation / test features once
@@ -23,27 +23,55 @@ from hf_conpet import ConPetConfig, ConPetModelForCausalLM
 from hf_conpet.callback import ContinualCallback
 from hf_conpet.data import TaskStream
 from hf_conpet.default_model import resolve_base_model
+from hf_conpet.features import pool_prompt
 from hf_conpet.metrics import forgetting_drops, forgetting_rate
 from hf_conpet.selectors import AnalyticSelector
 
 from selector_accuracy import DATA, ORDER_A
 
 
-def stream_features(source: str, args, tokenizer, base_path):
-    """{task: (train, validation, test) features} of the frozen backbone, and the task names."""
+def stream_features(sources: list[str], args, tokenizer, base_path):
+    """{source: {task: (train, validation, test) features}} of the frozen backbone, every source
+    from one forward pass per batch. A source is `embeddings`, `hidden:<layer>` (mean-pooled) or
+    `last:<layer>` (the hidden state at the prompt's last token)."""
     model = ConPetModelForCausalLM(AutoModelForCausalLM.from_pretrained(base_path), ConPetConfig(selector="analytic"),
                                    tokenizer=tokenizer)
-    model.selector = AnalyticSelector.for_model(model, feature_source=source)
-    stream = TaskStream.from_dir(args.data_dir, order=args.tasks.split(","), tokenizer=tokenizer, max_test=args.test_examples)
+    model.selector = AnalyticSelector.for_model(model, feature_source="embeddings")
+    stream = TaskStream.from_dir(args.data_dir, order=args.tasks.split(","), tokenizer=tokenizer, max_test=args.test_examples,
+                                 max_train=args.train_examples)
     callback = ContinualCallback(model, stream, "conpet_analytic", tokenizer=tokenizer, max_length=args.max_length,
                                  eval_batch_size=16)
-    features = {}
+    backbone = model.get_base_model()
+
+    def batch_features(batch) -> dict[str, torch.Tensor]:
+        ids, mask = batch["input_ids"], batch["attention_mask"]
+        out = {}
+        hidden_states = None
+        if any(source != "embeddings" for source in sources):
+            with model.routing.use(None):
+                hidden_states = backbone.base_model(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states
+        last = mask.shape[1] - 1 - mask.flip(1).float().argmax(dim=1)  # the last attended position
+        for source in sources:
+            if source == "embeddings":
+                out[source] = pool_prompt(backbone.get_input_embeddings()(ids).float(), mask)
+            else:
+                kind, layer = source.split(":")
+                hidden = hidden_states[int(layer)].float()
+                out[source] = pool_prompt(hidden, mask) if kind == "hidden" else hidden[torch.arange(len(ids)), last]
+        return out
+
+    features = {source: {} for source in sources}
     start = time.perf_counter()
     with torch.no_grad():
         for task in stream:
-            features[task.name] = tuple(callback.selector_features(split).cpu() for split in (task.train, task.validation, task.test))
-    print(f"features ({source}): {time.perf_counter() - start:.0f} s for {len(stream)} tasks")
-    return stream.names, features, model.feature_size(model.selector.feature_spec)
+            per_split = []
+            for split in (task.train, task.validation, task.test):
+                parts = [batch_features(batch) for batch in callback.encode_prompts(split)]
+                per_split.append({source: torch.cat([p[source] for p in parts]).cpu() for source in sources})
+            for source in sources:
+                features[source][task.name] = tuple(split[source] for split in per_split)
+    print(f"features ({', '.join(sources)}): {time.perf_counter() - start:.0f} s for {len(stream)} tasks", flush=True)
+    return stream.names, features
 
 
 def sweep(names, features, width, expansion_dim, args):
@@ -69,8 +97,10 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-dir", default=str(DATA))
     parser.add_argument("--tasks", default=ORDER_A)
-    parser.add_argument("--sources", default="hidden,embeddings")
-    parser.add_argument("--expansion-dims", default="0,2048,8192")
+    parser.add_argument("--sources", default="embeddings,hidden:-1,hidden:15,last:-1",
+                        help="embeddings, hidden:<layer> (mean-pooled), last:<layer> (the prompt's last token)")
+    parser.add_argument("--train-examples", type=int, default=None, help="training prompts per task (default all)")
+    parser.add_argument("--expansion-dims", default="0,2048")
     parser.add_argument("--no-balance", action="store_true")
     parser.add_argument("--test-examples", type=int, default=100)
     parser.add_argument("--max-length", type=int, default=256)
@@ -79,15 +109,18 @@ def main():
     torch.manual_seed(args.seed)
     base_path = resolve_base_model(None)
     tokenizer = AutoTokenizer.from_pretrained(base_path)
-    for source in args.sources.split(","):
-        names, features, width = stream_features(source, args, tokenizer, base_path)
+    sources = args.sources.split(",")
+    names, all_features = stream_features(sources, args, tokenizer, base_path)
+    for source in sources:
+        features = all_features[source]
+        width = features[names[0]][0].shape[1]
         for expansion_dim in (int(x) for x in args.expansion_dims.split(",")):
             accuracy, fra, drops, kept, seconds, ridges = sweep(names, features, width, expansion_dim, args)
             print(f"RESULT source={source} expansion={expansion_dim}: final routing accuracy {accuracy * 100:.1f}%, "
                   f"routing F.Ra {fra * 100:.2f} points (goal <= 0.5), kept {kept / 2**20:.1f} MiB, "
                   f"solve {sum(seconds) / len(seconds):.2f} s/task (last {seconds[-1]:.2f}); ridge factors {ridges}")
             print("    drops: " + ", ".join(f"{n} {d * 100:+.0f}" for n, d in zip(names, drops)))
-    print(f"budget: {args.tasks}; all training prompts per task; first {args.test_examples} test prompts/task; "
+    print(f"budget: {args.tasks}; {args.train_examples or 'all'} training prompts per task; first {args.test_examples} test prompts/task; "
           f"max_length {args.max_length}")
 
 
