@@ -79,7 +79,7 @@ def run_method(method, args, tokenizer, base_path, single_task_scores):
     stream = TaskStream.from_dir(args.data_dir, order=args.tasks.split(","), tokenizer=tokenizer,
                                  max_train=args.max_train, seed=args.seed)
     selector_options = {}
-    if method in ("conpet", "conpet_analytic"):
+    if method == "conpet":  # conpet_analytic keeps its method's features: the last prompt token's hidden state
         selector_options = {"feature_source": args.selector_feature}
     elif method in ("sapt", "sapt_no_arm"):
         selector_options = {"selection_lambda": 1.0}  # the figures in the README were measured with it

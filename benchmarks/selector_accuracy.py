@@ -40,8 +40,9 @@ DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "long_se
 def build_selector(kind: str, source: str, model, args):
     if kind == "conpet":
         return ConPetSelector.for_model(model, feature_source=source, max_cached_examples=args.train_examples)
-    return AnalyticSelector.for_model(model, feature_source=source, expansion_dim=args.expansion_dim,
-                                      max_examples_per_task=args.analytic_examples, balance_tasks=not args.no_balance)
+    return AnalyticSelector.for_model(model, feature_source=source, feature_pooling=args.analytic_pooling,
+                                      expansion_dim=args.expansion_dim, max_examples_per_task=args.analytic_examples,
+                                      balance_tasks=not args.no_balance)
 
 
 def kept_bytes(selector) -> int:
@@ -94,6 +95,8 @@ def main():
     parser.add_argument("--selectors", default="conpet,analytic", help="conpet (replay-trained), analytic (closed form)")
     parser.add_argument("--sources", default="hidden,embeddings")
     parser.add_argument("--expansion-dim", type=int, default=0, help="analytic: random ReLU features added")
+    parser.add_argument("--analytic-pooling", default="last", choices=["mean", "max", "last"],
+                        help="analytic: how prompt tokens are pooled (default last: the last token's state, conpet_analytic's)")
     parser.add_argument("--no-balance", action="store_true", help="analytic: weigh tasks by their prompt count")
     parser.add_argument("--analytic-examples", type=int, default=None, help="analytic: training prompts per task (default all)")
     parser.add_argument("--steps", type=int, default=600, help="selector batches per task (32 rows, half new)")
@@ -138,7 +141,7 @@ def main():
             print(f"RATIO {source}: analytic - replay-trained selector accuracy: "
                   f"{(accuracies['analytic', source] - accuracies['conpet', source]) * 100:+.1f} points")
     print(f"budget: {args.tasks}; conpet: {args.steps} selector steps/task, {args.train_examples} cached prompts/task; "
-          f"analytic: {args.analytic_examples or 'all'} training prompts/task, expansion {args.expansion_dim}; "
+          f"analytic: {args.analytic_examples or 'all'} training prompts/task, {args.analytic_pooling} pooling, expansion {args.expansion_dim}; "
           f"first {args.test_examples} test prompts/task, max_length {args.max_length}")
 
 

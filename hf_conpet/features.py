@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 
 FEATURE_SOURCES = ("embeddings", "hidden")
-POOLINGS = ("mean", "max")
+POOLINGS = ("mean", "max", "last")
 
 
 @dataclass(frozen=True)
@@ -23,7 +23,10 @@ class FeatureSpec:
 
     `source="embeddings"`: the input token embeddings (almost free: no forward pass);
     `"hidden"`: the hidden state after `layer` (one extra forward of the backbone, or its encoder).
-    `pooling` over the prompt tokens: `"mean"` (ConPET) or `"max"` (SAPT's query).
+    `pooling` over the prompt tokens: `"mean"` (ConPET), `"max"` (SAPT's query) or `"last"` (the
+    hidden state at the prompt's last token, which in a causal LM has attended to the whole
+    prompt: it separates tasks that share an instruction and a label set far better than a mean,
+    see the analytic router in the README).
     """
 
     source: str = "embeddings"
@@ -42,8 +45,12 @@ class FeatureSpec:
 def pool_prompt(hidden: torch.Tensor, prompt_mask: torch.Tensor | None, pooling: str = "mean") -> torch.Tensor:
     """Pool [batch, seq, d] over the prompt tokens (padding and answer excluded); an empty prompt gives 0."""
     if prompt_mask is None:
-        return hidden.mean(dim=1) if pooling == "mean" else hidden.max(dim=1).values
+        return {"mean": lambda: hidden.mean(dim=1), "max": lambda: hidden.max(dim=1).values, "last": lambda: hidden[:, -1]}[pooling]()
     mask = prompt_mask.to(hidden.device).bool()
+    if pooling == "last":  # the last attended position, whichever side the padding is on
+        last = mask.shape[1] - 1 - mask.flip(1).to(torch.int8).argmax(dim=1)
+        pooled = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+        return torch.where(mask.any(dim=1, keepdim=True), pooled, torch.zeros_like(pooled))
     if pooling == "max":
         pooled = hidden.masked_fill(~mask[..., None], float("-inf")).max(dim=1).values
         return torch.where(mask.any(dim=1, keepdim=True), pooled, torch.zeros_like(pooled))

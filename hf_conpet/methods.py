@@ -34,6 +34,7 @@ METHODS: dict[str, Method] = {
         Method("conpet", True, "selector", selector="conpet",
                description="Dynamic ConPET: one LoRA per task + a task classifier selector (top-k)"),
         Method("conpet_analytic", True, "selector", selector="analytic",
+               selector_options=(("feature_source", "hidden"), ("feature_pooling", "last"), ("max_examples_per_task", 256)),
                description="Dynamic ConPET with a closed-form (ridge) router over frozen features: no replay, no drift"),
         Method("sapt", True, "selector", selector="sapt",
                description="SAPT: one LoRA per task mixed by shared attention, with attentive reflection"),

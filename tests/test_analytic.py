@@ -148,12 +148,12 @@ def test_bad_settings_and_configs_are_refused():
 
 
 # ----- through a model: every task head, both feature sources, save -> load -> learn on ---------
-def model_of(kind, feature_source="embeddings"):
+def model_of(kind, feature_source="embeddings", pooling="mean"):
     base = {"llama": tiny_llama, "t5": tiny_t5, "bert": tiny_bert}[kind]()
     cls = {"llama": ConPetModelForCausalLM, "t5": ConPetModelForSeq2SeqLM, "bert": ConPetModelForSequenceClassification}[kind]
     reference = copy.deepcopy(base)
     model = cls(base, ConPetConfig(selector="analytic", r=2))
-    model.selector = AnalyticSelector.for_model(model, feature_source=feature_source, expansion_dim=8)
+    model.selector = AnalyticSelector.for_model(model, feature_source=feature_source, feature_pooling=pooling, expansion_dim=8)
     return model, reference
 
 
@@ -223,7 +223,7 @@ def test_save_load_then_add_task_gives_the_router_of_no_round_trip(tmp_path):
     model.save_pretrained(tmp_path / "system")
     config = json.loads((tmp_path / "system" / "selector" / "config.json").read_text())
     assert config == {"kind": "analytic", "hidden_size": 32, "feature_source": "embeddings", "feature_layer": -1,
-                      "expansion_dim": 8, "expansion_seed": 0, "temperature": 0.1, "max_examples_per_task": None, "balance_tasks": True,
+                      "feature_pooling": "mean", "expansion_dim": 8, "expansion_seed": 0, "temperature": 0.1, "max_examples_per_task": None, "balance_tasks": True,
                       "num_tasks": 2}
     state = load_file(tmp_path / "system" / "selector" / "model.safetensors")
     assert state["autocorrelation"].dtype == torch.float64 and state["weights"].shape == (2, 41)
@@ -262,3 +262,26 @@ def test_the_statistics_stay_float64_when_the_model_changes_dtype():
     for key, value in model.selector.state_dict().items():
         assert value.dtype == before[key].dtype and torch.equal(value, before[key]), key
     assert model.route(task_prompts(0, 2, seed=4)).dtype == torch.float32
+
+
+def test_last_token_pooling_reads_the_last_attended_position_whatever_the_padding_side():
+    from hf_conpet.features import pool_prompt
+
+    hidden = torch.arange(2 * 4 * 3, dtype=torch.float32).reshape(2, 4, 3)
+    right = torch.tensor([[1, 1, 0, 0], [1, 1, 1, 1]])
+    left = torch.tensor([[0, 0, 1, 1], [0, 1, 1, 1]])
+    assert torch.equal(pool_prompt(hidden, right, "last"), torch.stack([hidden[0, 1], hidden[1, 3]]))
+    assert torch.equal(pool_prompt(hidden, left, "last"), torch.stack([hidden[0, 3], hidden[1, 3]]))
+    assert torch.equal(pool_prompt(hidden, torch.zeros(2, 4, dtype=torch.long), "last"), torch.zeros(2, 3))
+
+
+def test_conpet_analytic_routes_on_the_last_prompt_token_and_old_configs_keep_mean_pooling(tmp_path):
+    from hf_conpet.trainer import attach_method
+
+    model = ConPetModelForCausalLM(tiny_llama(), ConPetConfig(selector="analytic", r=2))
+    attach_method(model, "conpet_analytic")
+    spec = model.selector.feature_spec
+    assert (spec.source, spec.pooling, model.selector.max_examples_per_task) == ("hidden", "last", 256)
+    config = model.selector.get_config()
+    del config["feature_pooling"]  # a selector saved before the option existed
+    assert AnalyticSelector.from_config(config).feature_spec.pooling == "mean"
