@@ -45,7 +45,9 @@ class FeatureSpec:
 def pool_prompt(hidden: torch.Tensor, prompt_mask: torch.Tensor | None, pooling: str = "mean") -> torch.Tensor:
     """Pool [batch, seq, d] over the prompt tokens (padding and answer excluded); an empty prompt gives 0."""
     if prompt_mask is None:
-        return {"mean": lambda: hidden.mean(dim=1), "max": lambda: hidden.max(dim=1).values, "last": lambda: hidden[:, -1]}[pooling]()
+        if pooling == "last":
+            return hidden[:, -1]
+        return hidden.mean(dim=1) if pooling == "mean" else hidden.max(dim=1).values
     mask = prompt_mask.to(hidden.device).bool()
     if pooling == "last":  # the last attended position, whichever side the padding is on
         last = mask.shape[1] - 1 - mask.flip(1).to(torch.int8).argmax(dim=1)

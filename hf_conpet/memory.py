@@ -171,20 +171,21 @@ class ReplayMemory:
             if len(rows) <= quota:
                 continue
             sources = self.source_rows(task)
-            ranks = priority_ranks(self._num_seen_by_task[task], task)
-            kept = sorted(np.argsort([ranks[p] for p in sources], kind="stable")[:quota].tolist())  # source order kept
+            kept = sorted(self._priority_positions(task)[:quota].tolist())  # the stored (source) order is kept
             shrunk = rows.select(kept)
             if 2 * len(shrunk) <= shrunk.data.num_rows:  # copy out only once half the table is unused
                 shrunk = _flatten_quietly(shrunk)
             self._rows_by_task[task] = shrunk.with_format(None)
             self._source_rows_by_task[task] = [sources[k] for k in kept]
 
+    def _priority_positions(self, task_index: int) -> np.ndarray:
+        """Positions of a task's stored rows, in its priority order."""
+        ranks = priority_ranks(self._num_seen_by_task[task_index], task_index)
+        return np.argsort(ranks[self.source_rows(task_index)], kind="stable")
+
     def in_priority_order(self, task_index: int) -> datasets.Dataset:
         """A task's stored rows in the order the budget keeps them (a prefix survives any shrink)."""
-        rows = self.examples(task_index)
-        ranks = priority_ranks(self._num_seen_by_task[task_index], task_index)
-        order = np.argsort([ranks[p] for p in self.source_rows(task_index)], kind="stable")
-        return rows.select(order.tolist())
+        return self.examples(task_index).select(self._priority_positions(task_index).tolist())
 
     def _select_rows(self, task_index: int, examples: datasets.Dataset, vectors: np.ndarray | None):
         """Row positions to keep (sorted), or None for all of them."""

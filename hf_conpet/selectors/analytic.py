@@ -16,8 +16,9 @@ with newer tasks, never to drift.
 
 `phi(x)` is the selector's prompt features (pooled input embeddings or a hidden layer, like
 ConPET's selector; method `conpet_analytic` reads the last layer's hidden state at the prompt's
-last token, measured best: 99.3% routing, routing F.Ra 0.44 on the 10-task benchmark), scaled per example to unit RMS, optionally followed by a fixed random ReLU expansion
-(`expansion_dim`) for more capacity, and a constant 1 (the bias). Lambda is chosen at every task
+last token, measured best on the 10-task benchmark), scaled per example to unit RMS, optionally
+followed by a fixed random ReLU expansion (`expansion_dim`) for more capacity, and a constant 1
+(the bias). Lambda is chosen at every task
 end on the validation split, also in closed form: the validation statistics (A_v, C_v) give
 the validation squared error of any W without keeping a validation example,
 `tr(W^T A_v W) - 2 tr(W^T C_v) + n_v`, and one eigendecomposition of A gives W for every

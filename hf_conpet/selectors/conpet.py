@@ -78,7 +78,7 @@ class ConPetSelector(TaskSelector):
                 else:  # after a resume: the same rows, from the memory
                     rows = memory.in_priority_order(index).select(range(min(memory.num_examples(index), self.max_cached_examples)))
                 subsets[index] = rows
-            if index != context.task_index and getattr(memory, "budget", None) is not None:
+            if index != context.task_index and memory.budget is not None:
                 kept = memory.num_examples(index)  # the budget shrank this task: cache no more than it keeps
                 if len(subsets[index]) > kept:  # (both are prefixes of the task's priority order)
                     subsets[index] = subsets[index].select(range(kept))
