@@ -1,9 +1,10 @@
-"""Continual-learning metrics over an accuracy matrix, and exact-match scoring.
+"""Continual-learning metrics over an accuracy matrix (scores of any metric, as fractions).
 
 The accuracy matrix follows SAPT / O-LoRA: ``a[j][i]`` is the score on task ``i`` measured right
 after training task ``j`` (rows = "after training", columns = "evaluated on"), 0-indexed here.
 Entries above the diagonal (``i > j``: task not trained yet) may be ``None``. Scores are
-fractions in [0, 1]; tables print them as percentages.
+fractions in [0, 1] of the task's own metric (exact match or ROUGE-L, see `scoring.py`); tables
+print them as percentages.
 
 With ``T`` rows (tasks trained so far):
 
@@ -22,15 +23,17 @@ from __future__ import annotations
 
 import json
 import math
-import re
-import unicodedata
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Optional, Union
+
+# Answer scoring lives in scoring.py; these names stay importable from here.
+from .scoring import EXACT_MATCH_MODULE_PATH, ROUGE_L_MODULE_PATH, exact_match, load_exact_match, load_rouge_l
+from .scoring import check_metric, normalize_answer, rouge_l
 
 __all__ = [
     "EXACT_MATCH_MODULE_PATH",
+    "ROUGE_L_MODULE_PATH",
     "SUMMARY_KEYS",
     "ContinualMetrics",
     "average_performance",
@@ -40,7 +43,9 @@ __all__ = [
     "forgetting_rate",
     "forward_transfer",
     "load_exact_match",
+    "load_rouge_l",
     "normalize_answer",
+    "rouge_l",
     "selector_accuracy",
 ]
 
@@ -50,58 +55,7 @@ Matrix = Sequence[Sequence[Score]]
 #: Keys of :meth:`ContinualMetrics.summary`, in display order.
 SUMMARY_KEYS = ("AP", "F.Ra", "BWT", "FWT", "selector_accuracy")
 
-#: The local ``evaluate`` module; loading it by path needs no Hub access.
-EXACT_MATCH_MODULE_PATH = Path(__file__).resolve().parent / "metrics_module" / "conpet_exact_match.py"
-
 _FORMAT_VERSION = 1
-_WHITESPACE = re.compile(r"\s+")
-
-
-# --------------------------------------------------------------------------- exact match
-
-
-def normalize_answer(text: str) -> str:
-    """Lower-case, delete punctuation, collapse whitespace: the Long Sequence benchmark's scoring.
-
-    Punctuation is any Unicode ``P*`` character and is deleted, not replaced by a space, as in the
-    SQuAD / SuperNI normaliser. Unlike SuperNI we do NOT drop articles: the label "A" (COPA)
-    would vanish and any answer "the" would match it.
-    """
-    if not isinstance(text, str):
-        raise TypeError(f"normalize_answer expects a str, got {type(text).__name__}")
-    lowered = text.lower()
-    without_punctuation = "".join(ch for ch in lowered if not unicodedata.category(ch).startswith("P"))
-    return _WHITESPACE.sub(" ", without_punctuation).strip()
-
-
-def exact_match(predictions: Sequence[str], references: Sequence[Union[str, Sequence[str]]]) -> float:
-    """Fraction of predictions equal to their reference after :func:`normalize_answer`.
-
-    A reference may be a list of acceptable answers; matching any of them counts.
-    """
-    if isinstance(predictions, str) or isinstance(references, str):
-        raise TypeError("exact_match expects sequences of strings, not a single string")
-    if len(predictions) != len(references):
-        raise ValueError(f"exact_match got {len(predictions)} predictions but {len(references)} references")
-    if not predictions:
-        raise ValueError("exact_match got no predictions: the score of an empty set is undefined")
-    hits = 0
-    for prediction, reference in zip(predictions, references):
-        accepted = [reference] if isinstance(reference, str) else list(reference)
-        normalized_prediction = normalize_answer(prediction)
-        hits += any(normalized_prediction == normalize_answer(answer) for answer in accepted)
-    return hits / len(predictions)
-
-
-def load_exact_match(**load_kwargs: Any):
-    """Load our exact-match metric as an ``evaluate`` module, from the file shipped in the package.
-
-    ``evaluate.load("exact_match")`` would fetch from the Hub (unreachable offline) and uses a
-    different normalisation; loading a local path never touches the network.
-    """
-    import evaluate  # imported lazily: it pulls in pandas and friends
-
-    return evaluate.load(str(EXACT_MATCH_MODULE_PATH), **load_kwargs)
 
 
 # --------------------------------------------------------------------------- matrix metrics
@@ -220,6 +174,8 @@ class ContinualMetrics:
     ``task_names`` (``None`` where not evaluated). ``selector_counts[j][i]`` holds
     ``(correct, total)`` routing counts for task i's test examples after training task j; counts,
     not fractions, so accuracies pool exactly. Summaries use only the rows trained so far.
+    ``task_metrics`` names each task's metric (exact match, ROUGE-L, ...); ``metric`` is then
+    their common name, or "mixed". Without it every task is scored by ``metric``.
     """
 
     task_names: list[str]
@@ -229,6 +185,7 @@ class ContinualMetrics:
     metric: str = "exact_match"
     #: How many test examples are behind each task's latest score (the card says so beside it).
     examples_scored: Optional[list[Optional[int]]] = None
+    task_metrics: Optional[list[str]] = None
 
     def __post_init__(self) -> None:
         self.task_names = list(self.task_names)
@@ -239,6 +196,13 @@ class ContinualMetrics:
         if len(set(self.task_names)) != len(self.task_names):
             raise ValueError(f"task names must be unique, got {self.task_names!r}")
         count = len(self.task_names)
+        if self.task_metrics is not None:
+            self.task_metrics = list(self.task_metrics)
+            if len(self.task_metrics) != count:
+                raise ValueError(f"task_metrics names {len(self.task_metrics)} metrics for {count} tasks")
+            for name, metric in zip(self.task_names, self.task_metrics):
+                check_metric(metric, f"task {name!r}")
+            self.metric = self.task_metrics[0] if len(set(self.task_metrics)) == 1 else "mixed"
         if len(self.matrix) > count:
             raise ValueError(f"the matrix has {len(self.matrix)} rows but there are only {count} tasks")
         self.matrix = [self._padded(row, f"matrix row {j}") for j, row in enumerate(self.matrix)]
@@ -335,6 +299,18 @@ class ContinualMetrics:
 
     # -- reading
 
+    def metric_of(self, task: Union[int, str]) -> str:
+        """The metric behind one task's scores (by position or name)."""
+        index = self.task_names.index(task) if isinstance(task, str) else task
+        return self.metric if self.task_metrics is None else self.task_metrics[index]
+
+    @property
+    def metric_label(self) -> str:
+        """The metrics of the stream as one short text: "rougeL", or "exact_match / rougeL"."""
+        if self.task_metrics is None:
+            return self.metric
+        return " / ".join(dict.fromkeys(self.task_metrics))
+
     @property
     def tasks_seen(self) -> int:
         """Number of tasks trained so far (rows of the matrix)."""
@@ -384,6 +360,7 @@ class ContinualMetrics:
             if self.selector_counts is None
             else [[None if cell is None else list(cell) for cell in row] for row in self.selector_counts],
             "examples_scored": None if self.examples_scored is None else list(self.examples_scored),
+            "task_metrics": None if self.task_metrics is None else list(self.task_metrics),
             "summary": self.summary(),
         }
 
@@ -405,6 +382,7 @@ class ContinualMetrics:
             selector_counts=data.get("selector_counts"),
             metric=data.get("metric", "exact_match"),
             examples_scored=data.get("examples_scored"),
+            task_metrics=data.get("task_metrics"),
         )
 
     def to_json(self) -> str:
@@ -429,6 +407,8 @@ class ContinualMetrics:
         has_selector = self.selector_counts is not None
         header = [stub, *self.task_names] + (["selector"] if has_selector else [])
         lines = []
+        if self.metric == "mixed":  # say under each column what its scores measure
+            lines.append(["metric", *self.task_metrics] + ([""] if has_selector else []))
         for j, row in enumerate(self.matrix):
             cells = [self.task_names[j], *(percent(value) for value in row)]
             if has_selector:
@@ -449,7 +429,7 @@ class ContinualMetrics:
         rule = "-" * len(render(header))
         summary = self.summary()
         summary_line = (
-            f"{self.metric}, {summary['tasks_seen']}/{len(self.task_names)} tasks trained (scores in %)\n"
+            f"{self.metric_label}, {summary['tasks_seen']}/{len(self.task_names)} tasks trained (scores in %)\n"
             f"AP {percent(summary['AP'], 'n/a')}  F.Ra {signed(summary['F.Ra'])}  "
             f"BWT {signed(summary['BWT'])}  FWT {signed(summary['FWT'])}  "
             f"selector {percent(summary['selector_accuracy'], 'n/a')}"

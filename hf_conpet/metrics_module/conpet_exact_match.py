@@ -8,7 +8,7 @@ The scoring itself is imported from hf_conpet so there is exactly one definition
 import datasets
 import evaluate
 
-from hf_conpet.metrics import exact_match
+from hf_conpet.scoring import exact_match
 
 _DESCRIPTION = (
     "Fraction of predictions equal to their reference after lower-casing, deleting punctuation "
