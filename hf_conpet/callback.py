@@ -96,6 +96,7 @@ class ContinualCallback(TrainerCallback):
         self.metrics = ContinualMetrics(
             task_names=list(stream.names),
             single_task_scores=[single_task_scores.get(n) for n in stream.names] if single_task_scores else None,
+            task_metrics=[task.metric for task in stream],
         )
         self.finished: list[str] = []
         self.current_task = None
@@ -266,6 +267,7 @@ class ContinualCallback(TrainerCallback):
         self.metrics = ContinualMetrics(  # this stream may extend the saved one
             task_names=list(self.stream.names), matrix=saved.matrix, selector_counts=saved.selector_counts,
             single_task_scores=self.metrics.single_task_scores, examples_scored=saved.examples_scored,
+            task_metrics=self.metrics.task_metrics,
         )
         self.finished = list(finished)
         self.history = list(progress.get("history", []))

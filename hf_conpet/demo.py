@@ -28,6 +28,8 @@ import torch  # noqa: E402
 
 from . import ConPetModelForCausalLM  # noqa: E402
 from .data import DEFAULT_TEMPLATE, CausalLMGenerationCollator  # noqa: E402
+from .evaluation import saved_answer_budget  # noqa: E402
+from .scoring import score_name  # noqa: E402
 from .names import MANIFEST_NAME, MATRIX_IMAGE_NAME  # noqa: E402
 
 SYSTEM_ENV = "HF_CONPET_SYSTEM"
@@ -130,7 +132,8 @@ def _matrix_image(model, metrics: Mapping[str, Any] | None) -> str | None:
     names = metrics.get("task_names") or model.task_names
     path = Path(tempfile.mkdtemp(prefix="hf_conpet_space_")) / MATRIX_IMAGE_NAME
     try:
-        plot_accuracy_matrix(matrix, names, path, title="accuracy after each task")
+        measured = score_name(metrics.get("task_metrics") or [metrics.get("metric") or "exact_match"])
+        plot_accuracy_matrix(matrix, names, path, title=f"{measured} after each task", score_name=measured)
     except ValueError:  # a malformed matrix hides the plot; it does not take the demo down
         return None
     return str(path)
@@ -168,19 +171,12 @@ def build_prompt(model, text: str, task_name: str | None) -> str:
     """The training prompt format: with a task's instruction prefixed, or the bare input."""
     if task_name and task_name != NO_INSTRUCTION:
         task = model.tasks[model.task_index(task_name)]
-        return DEFAULT_TEMPLATE.format(instruction=task.instruction or "", input=text,
-                                       labels=", ".join(task.labels or []), task=task.name)
+        template = task.metadata.get("prompt_template") or DEFAULT_TEMPLATE  # the one it was trained with
+        return template.format(instruction=task.instruction or "", input=text,
+                               labels=", ".join(task.labels or []), task=task.name)
     if text.rstrip().endswith("Output:"):  # already a whole prompt
         return text.rstrip() + " "
     return f"{text}\nOutput: "
-
-
-def _answer_budget(model, tokenizer) -> int:
-    """Enough new tokens for the longest label plus end-of-answer; 16 for open-ended tasks."""
-    labels = [label for task in model.tasks for label in (task.labels or [])]
-    if not labels:
-        return 16
-    return min(max(len(tokenizer(label, add_special_tokens=False)["input_ids"]) for label in labels) + 2, 32)
 
 
 class _Answerer:
@@ -191,7 +187,7 @@ class _Answerer:
         max_length = max_length or (metrics.get("run") or {}).get("max_length") or MAX_LENGTH
         self.model, self.tokenizer = model, tokenizer
         self.collate = CausalLMGenerationCollator(tokenizer, max_length=max_length)  # the encoding eval uses
-        self.budget = max_new_tokens or _answer_budget(model, tokenizer)
+        self.budget = max_new_tokens or saved_answer_budget(model.tasks, tokenizer)
         self.pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
     def encode(self, prompt: str) -> dict[str, torch.Tensor]:

@@ -1,4 +1,5 @@
-"""Scoring one task: greedy generation + exact match (or argmax over heads), and routing accuracy.
+"""Scoring one task: greedy generation scored by the task's metric (exact match, ROUGE-L) or argmax
+over heads, and routing accuracy.
 
 How an example reaches a task module is the `routing` argument, so one function serves every
 method of the harness: `"selector"` (no task id: what users get), `"oracle"` (the true task id),
@@ -14,12 +15,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
 from .data import NON_MODEL_KEYS
 from .layers import RoutingPlan
-from .metrics import normalize_answer
+from .scoring import example_score
+
+#: A free-text task gets this many new tokens at most, whatever its longest training answer.
+MAX_ANSWER_TOKENS = 64
 
 ROUTINGS = ("selector", "oracle", "shared", "sum")
 
@@ -36,11 +41,28 @@ class AnswerCache(dict):
 
 @dataclass
 class TaskScore:
+    """One task's score (``accuracy``: the mean of its metric, in [0, 1]) and what produced it."""
+
     task: str
     accuracy: float
     total: int
     selector_correct: int | None = None
     predictions: list[str] = field(default_factory=list)
+    metric: str = "exact_match"
+
+
+def generation_budget(task, tokenizer, *, percentile: float = 95.0, cap: int = MAX_ANSWER_TOKENS) -> int:
+    """New tokens to generate for `task`: its longest label + 2, or for free text the `percentile`
+    of its training answers' lengths + 1 (the end-of-answer token), at most `cap`.
+
+    A per-task budget: a sentiment label needs 3 tokens, a summary 40; one global budget either
+    cuts summaries or makes every label task generate (and pay for) 40 tokens.
+    """
+    if task.labels:
+        return max(len(tokenizer(label, add_special_tokens=False)["input_ids"]) for label in task.labels) + 2
+    answers = list(task.train["output"]) or list(task.test["output"])
+    lengths = [len(ids) for ids in tokenizer(answers, add_special_tokens=False)["input_ids"]]
+    return int(min(cap, max(1, np.ceil(np.percentile(lengths, percentile))) + 1))
 
 
 def _routing_arguments(model, routing: str, batch: dict) -> tuple[dict, torch.Tensor | None]:
@@ -78,6 +100,22 @@ def _select_rows(route_kwargs: dict, rows: torch.Tensor) -> dict:
             for key, value in route_kwargs.items()}
 
 
+def saved_answer_budget(tasks, tokenizer) -> int:
+    """New tokens for an input of any task of a loaded system (the route-and-answer front ends).
+
+    The largest budget training recorded per task (``metadata["max_new_tokens"]``, from
+    :func:`generation_budget`), else the longest label + 2 (at most 32); 16 for free-text tasks
+    saved before budgets were recorded.
+    """
+    recorded = [task.metadata["max_new_tokens"] for task in tasks if isinstance(task.metadata.get("max_new_tokens"), int)]
+    if recorded:
+        return max(recorded)
+    labels = [label for task in tasks for label in (task.labels or [])]
+    if not labels:
+        return 16
+    return min(max(len(tokenizer(label, add_special_tokens=False)["input_ids"]) for label in labels) + 2, 32)
+
+
 @torch.no_grad()
 def evaluate_task(
     model,
@@ -92,9 +130,13 @@ def evaluate_task(
     split: str = "test",
     answer_cache: AnswerCache | None = None,
 ) -> TaskScore:
-    """Score `task` on `split` (first `max_examples` rows). `collator` must be a generation collator
-    (prompt only, left padded for decoder-only models) or a classification collator with global labels.
-    `answer_cache` (generation only) reuses answers of examples routed top-1 to a frozen module."""
+    """Score `task` on `split` (first `max_examples` rows) by `task.metric`. `collator` must be a
+    generation collator (prompt only, left padded for decoder-only models) or a classification
+    collator with global labels. `answer_cache` (generation only) reuses answers of examples routed
+    top-1 to a frozen module. `max_new_tokens` defaults to :func:`generation_budget`.
+
+    Examples are batched longest prompt first, so a batch's rows have similar lengths and padding
+    does not dominate long-input tasks; predictions come back in the split's order."""
     dataset = task.split(split)
     if max_examples is not None:
         dataset = dataset.select(range(min(max_examples, len(dataset))))
@@ -103,12 +145,13 @@ def evaluate_task(
     was_training = model.training
     model.eval()
     device = model._device
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collator)
-    if max_new_tokens is None and task.labels:
-        max_new_tokens = max(len(tokenizer(label, add_special_tokens=False)["input_ids"]) for label in task.labels) + 2
+    order = np.argsort([-len(prompt) for prompt in dataset["prompt"]], kind="stable")
+    loader = DataLoader(dataset.select(order), batch_size=batch_size, shuffle=False, collate_fn=collator)
+    if max_new_tokens is None and model.task_type != "sequence_classification":
+        max_new_tokens = generation_budget(task, tokenizer)
     if answer_cache is not None and model.trainable_parameters():
         answer_cache = None  # a live module can still change: nothing it answers may be reused
-    correct, routed_right, predictions, first_row = 0, 0, [], 0
+    correct, routed_right, predictions, first_row = 0.0, 0, [], 0
     for batch in loader:
         references = batch.get("references")
         for key in NON_MODEL_KEYS:
@@ -129,7 +172,8 @@ def evaluate_task(
         batch.pop("labels", None)
         size = batch["input_ids"].shape[0]
         modules = _single_module(route_kwargs) if answer_cache is not None else None
-        keys = [(task.name, split, first_row + i, int(modules[i])) for i in range(size)] if modules is not None else [None] * size
+        rows_here = order[first_row:first_row + size]
+        keys = [(task.name, split, int(rows_here[i]), int(modules[i])) for i in range(size)] if modules is not None else [None] * size
         first_row += size
         texts = [answer_cache.get(key) if key is not None else None for key in keys]
         missing = [i for i, text in enumerate(texts) if text is None]
@@ -142,12 +186,16 @@ def evaluate_task(
                 if keys[i] is not None:
                     answer_cache[keys[i]] = text
         predictions += texts
-        correct += sum(normalize_answer(p) == normalize_answer(r) for p, r in zip(texts, references))
+        correct += sum(example_score(task.metric, p, r) for p, r in zip(texts, references))
     model.train(was_training)
     total = len(dataset)
+    in_split_order = [None] * total
+    for position, row in enumerate(order):
+        in_split_order[row] = predictions[position]
     return TaskScore(
         task=task.name, accuracy=correct / total, total=total,
-        selector_correct=routed_right if routing == "selector" else None, predictions=predictions,
+        selector_correct=routed_right if routing == "selector" else None, predictions=in_split_order,
+        metric=task.metric,
     )
 
 

@@ -356,6 +356,10 @@ class ReplayMemory:
             if not all(isinstance(row, dict) and set(features) <= set(row) for row in rows):
                 raise ValueError(f"{path}: every line must be an object with the columns {sorted(features)}")
             columns = {name: [row[name] for row in rows] for name in features}
+            if {"prompt", "output"} <= set(features) and "references" not in features:
+                # task rows saved before tasks carried their references: the answer is the only one
+                features["references"] = datasets.List(datasets.Value("string"))
+                columns["references"] = [[output] for output in columns["output"]]
             try:
                 memory._rows_by_task[task] = datasets.Dataset.from_dict(columns, features=features)
             except Exception as error:  # noqa: BLE001

@@ -756,7 +756,8 @@ class ConPetModelForSequenceClassification(ConPetModel):
 
     def _check_task_head(self, name: str, labels: list[str] | None) -> None:
         if not labels:
-            raise ValueError(f"Task {name!r} needs labels=[...] for sequence classification")
+            raise ValueError(f"Task {name!r} needs labels=[...] for sequence classification: a classification head "
+                             "learns a closed label set, not free text (use ConPetModelForCausalLM or ForSeq2SeqLM)")
 
     def _add_task_head(self, task: TaskInfo) -> None:
         self._check_task_head(task.name, task.labels)

@@ -18,6 +18,7 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from ._io import atomic_write
 from .names import MANIFEST_NAME, MATRIX_IMAGE_NAME
+from .scoring import METRIC_DISPLAY_NAMES, score_name
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
 
@@ -42,12 +43,27 @@ _TASK_TYPES = {
 }
 # summary key (normalised) -> (display name, model-index metric id, meaning)
 _SUMMARY_METRICS = (
-    ("ap", "AP", "average_performance", "mean accuracy over all tasks after the last one"),
+    ("ap", "AP", "average_performance", "mean score (each task by its metric) over all tasks after the last one"),
     ("fra", "F.Ra", "forgetting_rate", "mean drop from each old task's best score to its final score (lower is better)"),
     ("bwt", "BWT", "backward_transfer", "mean change on old tasks since they were trained (negative = forgetting)"),
     ("fwt", "FWT", "forward_transfer", "mean gain on each task at training time over training it alone"),
     ("selectoraccuracy", "Selector accuracy", "selector_accuracy", "share of test inputs routed to their own task"),
 )
+
+
+def _metric_ids(metrics: Mapping[str, Any]) -> list[str]:
+    """The metric ids of the card's YAML: each task's, once."""
+    per_task = metrics.get("task_metrics")
+    if isinstance(per_task, list) and per_task and all(isinstance(m, str) for m in per_task):
+        return list(dict.fromkeys(per_task))
+    return [str(metrics.get("metric") or "accuracy")]
+
+
+def _score_name(metrics: Mapping[str, Any] | None) -> str:
+    """What the matrix cells measure: "accuracy" (exact match), "ROUGE-L", or "score" for a mixed stream."""
+    if not isinstance(metrics, Mapping):
+        return "accuracy"
+    return score_name(_metric_ids(metrics) if metrics.get("task_metrics") or metrics.get("metric") else ["exact_match"])
 
 
 def _norm(key: str) -> str:
@@ -253,12 +269,19 @@ def render_model_card(
         tags=tags,
         datasets=datasets or None,
         pipeline_tag=pipeline_tag,
-        metrics=[str(metrics.get("metric") or "accuracy")] if metrics else None,
+        metrics=_metric_ids(metrics) if metrics else None,
         model_name=model_name if eval_results else None,
         eval_results=eval_results or None,
     )
 
     final_row = (matrix or [[]])[-1] or []
+
+    def task_metric(column: int | None) -> str:
+        per_task = (metrics or {}).get("task_metrics")
+        if isinstance(per_task, list) and column is not None and column < len(per_task) and isinstance(per_task[column], str):
+            return per_task[column]
+        return str((metrics or {}).get("metric") or "exact_match")
+
     scored = list((metrics or {}).get("examples_scored") or [])
     metric_names = list((metrics or {}).get("task_names") or task_names)
     tasks = []
@@ -279,6 +302,7 @@ def render_model_card(
             "position": position,
             "name": _md(task.get("name"), 64),
             "labels": labels_text,
+            "metric": _md(METRIC_DISPLAY_NAMES.get(task_metric(column), task_metric(column)), 32),
             "instruction": _md(instruction, 200) if instruction else "—",
             "num_train": counts["num_train"] if counts["num_train"] is not None else "—",
             "num_test": counts["num_test"] if counts["num_test"] is not None else "—",
@@ -321,7 +345,7 @@ def render_model_card(
         base_model_name=base_name,
         base_model_link=f"[`{base_name}`](https://huggingface.co/{base_hub_id})" if base_hub_id else f"`{base_name}`",
         base_license=f"`{_md(base_license, 64)}`" if base_license else "not recorded: see the base model's own card",
-        metric_name="accuracy" if (metrics or {}).get("metric", "exact_match") == "exact_match" else _md((metrics or {}).get("metric"), 32),
+        metric_name=_md(_score_name(metrics), 32),
         task_type=manifest.get("task_type") or "causal_lm",
         pipeline_tag=pipeline_tag,
         model_class=model_class,
@@ -367,8 +391,9 @@ def write_model_card(
     matrix = _matrix(metrics) if isinstance(metrics, Mapping) else None
     if matrix:
         names = list(metrics.get("task_names") or [t.get("name") for t in manifest.get("tasks", [])])
-        plot_accuracy_matrix(matrix, names, folder / MATRIX_IMAGE_NAME,
-                             title=f"{repo_id or 'hf_conpet'}: accuracy after each task")
+        measured = _score_name(metrics)
+        plot_accuracy_matrix(matrix, names, folder / MATRIX_IMAGE_NAME, score_name=measured,
+                             title=f"{repo_id or 'hf_conpet'}: {measured} after each task")
     card = render_model_card(manifest, metrics, repo_id, matrix_image=MATRIX_IMAGE_NAME if matrix else None)
     atomic_write(folder / CARD_NAME, card.content)
     return card

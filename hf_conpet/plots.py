@@ -46,13 +46,15 @@ def plot_accuracy_matrix(
     task_names: Sequence[str],
     path: str | os.PathLike,
     title: str | None = None,
+    score_name: str = "accuracy",
 ) -> Path:
     """Write the accuracy matrix a[j][i] (score on task i after training task j) as a PNG heatmap.
 
     Rows are "after training task j", columns "evaluated on task i", both in training order; each
     evaluated cell carries its value, unseen cells stay blank. Scores in [0, 1] share one colour
     scale across cards; larger scores (percentages) are scaled to 0-100. The file is written to a
-    temporary name beside `path` and renamed, so a reader never sees half a PNG.
+    temporary name beside `path` and renamed, so a reader never sees half a PNG. `score_name` says
+    what the cells measure ("accuracy", "ROUGE-L", "score").
     """
     names = [str(name) for name in task_names]
     values = accuracy_matrix_array(matrix, len(names))
@@ -100,9 +102,9 @@ def plot_accuracy_matrix(
     ax.tick_params(which="minor", length=0)
     for spine in ax.spines.values():
         spine.set_visible(False)
-    ax.set_title(title or "Accuracy matrix a[j][i]")
+    ax.set_title(title or f"{score_name.capitalize() if score_name.islower() else score_name} matrix a[j][i]")
     colorbar = fig.colorbar(image, ax=ax, shrink=0.8)
-    colorbar.set_label("accuracy (%)" if percent else "accuracy")
+    colorbar.set_label(f"{score_name} (%)" if percent else score_name)
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

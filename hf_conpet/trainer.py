@@ -18,6 +18,7 @@ from transformers import PrinterCallback, Trainer, TrainingArguments, set_seed
 
 from .callback import ContinualCallback
 from .checkpoint import ResumeMismatchError
+from .evaluation import generation_budget
 from .methods import SHARED_MODULE_NAME, get_method
 from .regularizers import OLoRARegularizer
 
@@ -151,7 +152,9 @@ class ContinualTrainer:
             set_seed(self.args.seed + task.index)
             if self.method.module_per_task:
                 self.model.add_task(task.name, labels=task.labels, instruction=task.instruction,
-                                    num_train=len(task.train), num_test=len(task.test))
+                                    num_train=len(task.train), num_test=len(task.test), metric=task.metric,
+                                    prompt_template=task.template,
+                                    max_new_tokens=generation_budget(task, self.callback.tokenizer))
             elif self.model.num_tasks == 0:
                 self.model.add_task(SHARED_MODULE_NAME, instruction="one module shared by every task")
             self._train(self.callback.train_dataset(task), budget)

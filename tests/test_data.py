@@ -252,8 +252,8 @@ def test_malformed_meta(tmp_path):
 @pytest.mark.parametrize(
     "meta, message",
     [
-        ({"instruction": "x"}, "lacks 'labels'"),
         ({"labels": []}, "non-empty"),
+        ({"labels": None, "metric": "bleu"}, r"alpha.*meta\.json.*unknown metric 'bleu'"),
         ({"labels": ["Yes", "yes."]}, "normalisation"),
     ],
 )
@@ -387,7 +387,7 @@ def test_generation_collator_left_pads_and_carries_references():
     tokenizer = make_tokenizer()
     examples = collator_examples()
     batch = CausalLMGenerationCollator(tokenizer)(examples)
-    assert batch["references"] == ["yes", "green"] and batch["example_ids"] == ["a0", "b0"]
+    assert batch["references"] == [["yes"], ["green"]] and batch["example_ids"] == ["a0", "b0"]
     assert set(NON_MODEL_KEYS) <= set(batch) and "labels" not in batch
     width = batch["input_ids"].shape[1]
     for row, example in enumerate(examples):
@@ -422,7 +422,7 @@ def test_seq2seq_collator():
     ]
     assert batch["task_ids"].tolist() == [0, 1]
     generate = Seq2SeqCollator(tokenizer, mode="generate")(examples)
-    assert "labels" not in generate and generate["references"] == ["yes", "red green blue"]
+    assert "labels" not in generate and generate["references"] == [["yes"], ["red green blue"]]
     short = Seq2SeqCollator(tokenizer, max_target_length=2)(examples)
     assert short["labels"][1].tolist() == ids(tokenizer, "red") + [eos]
 
@@ -542,7 +542,7 @@ def test_collated_batches_drive_a_tiny_llama(small_root):
     assert torch.equal(
         output[:, :prompt_width], generate_batch["input_ids"]
     )  # new tokens follow every prompt
-    assert references == [stream["alpha"].test[0]["output"], "blue"]
+    assert references == [[stream["alpha"].test[0]["output"]], ["blue"]]
 
 
 def test_default_template_is_the_benchmark_prompt():
@@ -619,14 +619,8 @@ def test_from_hub_wraps_load_dataset(monkeypatch):
                 }
             }
         )
-    with pytest.raises(ValueError, match="give 'labels'"):
-        TaskStream.from_hub(
-            {
-                "c": {
-                    "path": "org/colours",
-                    "input_column": "text",
-                    "output_column": "answer",
-                    "test_split": "dev",
-                }
-            }
-        )
+    # answers that are not a ClassLabel and no labels given: a free-text task, scored by ROUGE-L
+    free = TaskStream.from_hub(
+        {"c": {"path": "org/colours", "input_column": "text", "output_column": "answer", "test_split": "dev"}}
+    )["c"]
+    assert free.labels is None and free.metric == "rougeL" and list(free.test["label_id"]) == [-1]

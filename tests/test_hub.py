@@ -218,7 +218,7 @@ def test_card_renders_and_its_yaml_parses(tmp_path, names):
     text = loaded.text
     positions = [text.index(f"| `{name}` |") for name in names]
     assert positions == sorted(positions), "tasks must be listed in training order"
-    assert "![Accuracy matrix" in text and "(accuracy_matrix.png)" in text
+    assert "![Matrix of accuracy" in text and "(accuracy_matrix.png)" in text
     assert 'ConPetModelForCausalLM.from_pretrained("user/conpet-demo")' in text
     assert f'PeftModel.from_pretrained(base, "user/conpet-demo", subfolder="tasks/{names[0]}")' in text
     assert "Classify the sst2 text \\| label it." in text  # pipes escaped inside the table

@@ -127,6 +127,8 @@ def build_parser() -> argparse.ArgumentParser:
                      "0 for private data)")
     run.add_argument("--memory-budget", type=_positive_int, metavar="N",
                      help=f"replay rows kept over all tasks together, shared equally (default {d['memory_budget']})")
+    run.add_argument("--template", metavar="NAME_OR_FORMAT", help="prompt template: a preset (default, superni) or a "
+                     "format string with {instruction} and {input} (default: default)")
     run.add_argument("--max-train-examples", type=_positive_int, metavar="N", help="training examples kept per task (default: all)")
     run.add_argument("--seed", type=_non_negative_int, metavar="N", help=f"random seed (default {d['seed']})")
     run.add_argument("--r", type=_positive_int, metavar="N", help=f"LoRA rank of every task module (default {d['r']})")
@@ -158,7 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
     route.add_argument("system", metavar="DIR", help="a run's output directory or a saved system folder")
     route.add_argument("texts", metavar="TEXT", nargs="+", help="prompts to route and answer")
     route.add_argument("--task", metavar="NAME", help="for a system without a selector: the task module to answer with")
-    route.add_argument("--max-new-tokens", type=_positive_int, metavar="N", help="answer length (default: longest label + 2 tokens)")
+    route.add_argument("--max-new-tokens", type=_positive_int, metavar="N", help="answer length (default: the largest per-task budget recorded at training)")
     route.set_defaults(handler=cmd_route)
 
     push = commands.add_parser(

@@ -30,6 +30,7 @@ DEFAULTS: dict[str, Any] = {
     "max_length": 192,
     "max_eval_examples": 32,
     "max_train_examples": None,
+    "template": "default",
     "seed": 0,
     "r": 8,
     "lora_alpha": 16.0,

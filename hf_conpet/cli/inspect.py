@@ -128,7 +128,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
             raise CliError(f"unknown task {foreign[0]!r}: this system's tasks are {', '.join(model.task_names)}")
     if not run.get("stream") or args.data_dir is not None:
         try:
-            stream = TaskStream.from_dir(root, order=tasks, tokenizer=tokenizer, max_test=max_test)
+            stream = TaskStream.from_dir(root, order=tasks, tokenizer=tokenizer, max_test=max_test,
+                                         template=run.get("template") or DEFAULTS["template"])
         except (OSError, ValueError, KeyError) as error:
             raise CliError(f"cannot read the tasks in {root}: {one_line(error)}") from None
     collator = stream.collator("causal_lm", "generate", max_length=args.max_length or run.get("max_length") or DEFAULTS["max_length"])
@@ -141,14 +142,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
         routed = None if score.selector_correct is None else score.selector_correct / score.total
         if score.selector_correct is not None:
             hits, counted = hits + score.selector_correct, counted + score.total
-        rows.append((task.name, score.accuracy, routed, score.total))
+        rows.append((task.name, score.metric, score.accuracy, routed, score.total))
     width = max(len("task"), *(len(name) for name, *_ in rows))
-    print(f"{'task':<{width}}  {'accuracy':>8}  {'routed right':>12}  {'examples':>8}")
-    for name, accuracy, routed, total in rows:
+    print(f"{'task':<{width}}  {'metric':<11}  {'score':>6}  {'routed right':>12}  {'examples':>8}")
+    for name, metric, accuracy, routed, total in rows:
         routed_text = "-" if routed is None else f"{100 * routed:.1f}"
-        print(f"{name:<{width}}  {100 * accuracy:>8.1f}  {routed_text:>12}  {total:>8}")
-    mean = sum(accuracy for _, accuracy, _, _ in rows) / len(rows)
-    print(f"{'mean':<{width}}  {100 * mean:>8.1f}")
+        print(f"{name:<{width}}  {metric:<11}  {100 * accuracy:>6.1f}  {routed_text:>12}  {total:>8}")
+    mean = sum(row[2] for row in rows) / len(rows)
+    print(f"{'mean':<{width}}  {'':<11}  {100 * mean:>6.1f}")
     selector_text = f"{100 * hits / counted:.1f}%" if counted else "n/a (no selector routing)"
     print(f"selector accuracy: {selector_text}")
     return 0
@@ -184,9 +185,9 @@ def cmd_route(args: argparse.Namespace) -> int:
         raise CliError(f"{folder} has no selector (trained with task ids): name the module with --task "
                        f"({', '.join(model.task_names)})")
 
-    labels = [label for task in model.tasks for label in (task.labels or [])]
-    max_new = args.max_new_tokens or (
-        max(len(tokenizer(label, add_special_tokens=False)["input_ids"]) for label in labels) + 2 if labels else 16)
+    from ..evaluation import saved_answer_budget
+
+    max_new = args.max_new_tokens or saved_answer_budget(model.tasks, tokenizer)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     with torch.no_grad():
         generated = model.generate(**inputs, **routing, max_new_tokens=max_new, do_sample=False, pad_token_id=pad)

@@ -171,7 +171,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         tasks = check_data(root, settings["tasks"], embedded=settings["data_dir"] is None)
         settings["tasks"] = tasks
         try:
-            stream = TaskStream.from_dir(root, order=tasks, seed=settings["seed"], max_train=settings["max_train_examples"])
+            stream = TaskStream.from_dir(root, order=tasks, seed=settings["seed"], max_train=settings["max_train_examples"],
+                                         template=settings["template"])
         except (OSError, ValueError, KeyError) as error:
             raise CliError(f"cannot read the tasks in {root}: {one_line(error)}") from None
     if settings["memory_budget"] < len(tasks):

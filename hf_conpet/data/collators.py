@@ -68,6 +68,15 @@ def _task_ids(examples: Sequence[Mapping[str, Any]]) -> torch.Tensor:
     return torch.tensor([int(_field(example, "task_id")) for example in examples], dtype=torch.long)
 
 
+def _references(example: Mapping[str, Any], target_field: str) -> list[str]:
+    """Every acceptable answer of an example: its ``references``, else its target alone."""
+    references = example.get("references")
+    if references:
+        return list(references)
+    target = example.get(target_field)
+    return [] if target is None else [target]
+
+
 def _check_examples(examples: Any) -> Sequence[Mapping[str, Any]]:
     if isinstance(examples, Mapping) or not isinstance(examples, Sequence):
         raise TypeError("a collator takes a list of examples (dicts)")
@@ -90,10 +99,13 @@ def _pad(
 
 
 class _PromptEncoder:
-    """Shared prompt handling: batch tokenisation, special tokens kept, LEFT truncation.
+    """Shared prompt handling: batch tokenisation, special tokens kept, truncation of the input only.
 
-    Left truncation drops the oldest text and keeps the end of the prompt ("Output: "), which is
-    where the answer must follow.
+    A prompt over budget loses the middle of its *input* (the ``input`` column, found in the
+    prompt), keeping the input's opening and its end (where a question or the last dialogue turn
+    usually stands); the instruction before it and the answer cue after it ("Output: ") are never
+    cut, since the model needs both to answer. A prompt whose input cannot be located (a custom prompt column)
+    loses tokens from its left instead, which still keeps the cue where the answer must follow.
     """
 
     def __init__(
@@ -115,25 +127,61 @@ class _PromptEncoder:
         return list(self.tokenizer(list(texts), add_special_tokens=False)["input_ids"])
 
     def encode_prompts(
-        self, texts: Sequence[str], budgets: Optional[Sequence[Optional[int]]] = None
+        self,
+        texts: Sequence[str],
+        budgets: Optional[Sequence[Optional[int]]] = None,
+        inputs: Optional[Sequence[Optional[str]]] = None,
     ) -> list[list[int]]:
-        """Prompt ids with special tokens; ``budgets[k]`` caps example k's length (None = max_length)."""
+        """Prompt ids with special tokens; ``budgets[k]`` caps example k's length (None = max_length);
+        ``inputs[k]``, the part of prompt k that may be cut."""
         encoded = []
-        for position, body in enumerate(self.tokenize(texts)):
+        for position, (text, body) in enumerate(zip(texts, self.tokenize(texts))):
             budget = self.max_length if budgets is None or budgets[position] is None else budgets[position]
             if budget is not None:
                 room = max(budget - len(self.prefix) - len(self.suffix), 0)
-                body = body[-room:] if room else []
+                if len(body) > room:
+                    body = self._shortened(text, body, room, inputs[position] if inputs else None)
             encoded.append(self.prefix + body + self.suffix)
         return encoded
+
+    def _shortened(self, text: str, body: list[int], room: int, cuttable: Optional[str]) -> list[int]:
+        """``body`` cut to ``room`` tokens by dropping the middle of the input, else its left end."""
+        start = text.rfind(cuttable) if cuttable else -1
+        if start < 0:
+            return body[-room:] if room else []
+        end = start + len(cuttable)
+        before, middle, after = self._split_at(text, body, start, end)
+        keep = room - len(before) - len(after)
+        if keep < 0:
+            warnings.warn(
+                f"a prompt without its input still takes {len(before) + len(after)} tokens (instruction and answer "
+                f"cue), more than the {room} max_length leaves: its instruction loses tokens from the left; raise "
+                "max_length",
+                stacklevel=4,
+            )
+            return (before + after)[-room:] if room else []
+        head = (keep + 1) // 2
+        return before + middle[:head] + middle[len(middle) - (keep - head):] + after
+
+    def _split_at(self, text: str, body: list[int], start: int, end: int):
+        """The prompt's tokens before, inside and after the character span ``[start, end)``."""
+        if getattr(self.tokenizer, "is_fast", False):
+            offsets = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+            if len(offsets) == len(body):  # tokens keep the prompt's own tokenisation around the cut
+                before = [t for t, (_, stop) in zip(body, offsets) if stop <= start]
+                after = [t for t, (begin, stop) in zip(body, offsets) if begin >= end and stop > begin]
+                middle = body[len(before): len(body) - len(after)]
+                return before, middle, after
+        before, middle, after = self.tokenize([text[:start], text[start:end], text[end:]])
+        return before, middle, after
 
 
 class CausalLMTrainingCollator:
     """Decoder-only training: ``prompt + output + eos``, loss only on ``output + eos``.
 
     Returns ``input_ids``, ``attention_mask``, ``labels`` (-100 on prompt and padding) and
-    ``task_ids``; right padding. Over ``max_length``, the prompt loses tokens from its left; the
-    target is never cut (a target alone longer than ``max_length`` is an error).
+    ``task_ids``; right padding. Over ``max_length``, the prompt loses the middle of its input (never
+    the instruction or the answer cue); the target is never cut (a target alone longer than ``max_length`` is an error).
     Prompt and target are tokenised separately, as generation will see them.
     """
 
@@ -168,7 +216,8 @@ class CausalLMTrainingCollator:
                         f"more than max_length={self.max_length} allows; raise max_length"
                     )
             budgets = [self.max_length - len(target) for target in targets]
-        prompts = self.prompts.encode_prompts([_field(e, self.prompt_field) for e in examples], budgets)
+        prompts = self.prompts.encode_prompts([_field(e, self.prompt_field) for e in examples], budgets,
+                                              [e.get("input") for e in examples])
         sequences = [prompt + target for prompt, target in zip(prompts, targets)]
         label_rows = [[IGNORE_INDEX] * len(prompt) + target for prompt, target in zip(prompts, targets)]
         multiple = self.prompts.pad_to_multiple_of
@@ -183,8 +232,8 @@ class CausalLMTrainingCollator:
 class CausalLMGenerationCollator:
     """Decoder-only generation: the prompt only, LEFT padded so every row ends where decoding starts.
 
-    Returns ``input_ids``, ``attention_mask``, ``task_ids`` and, for scoring, ``references`` (the
-    gold ``output`` strings) and ``example_ids`` — pop those (:data:`NON_MODEL_KEYS`) before
+    Returns ``input_ids``, ``attention_mask``, ``task_ids`` and, for scoring, ``references`` (each
+    example's acceptable answers) and ``example_ids`` — pop those (:data:`NON_MODEL_KEYS`) before
     calling the model.
     """
 
@@ -204,13 +253,14 @@ class CausalLMGenerationCollator:
 
     def __call__(self, examples: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         examples = _check_examples(examples)
-        prompts = self.prompts.encode_prompts([_field(e, self.prompt_field) for e in examples])
+        prompts = self.prompts.encode_prompts([_field(e, self.prompt_field) for e in examples],
+                                              inputs=[e.get("input") for e in examples])
         multiple = self.prompts.pad_to_multiple_of
         return {
             "input_ids": _pad(prompts, self.prompts.pad_id, "left", multiple),
             "attention_mask": _pad([[1] * len(p) for p in prompts], 0, "left", multiple),
             "task_ids": _task_ids(examples),
-            "references": [example.get(self.target_field) for example in examples],
+            "references": [_references(example, self.target_field) for example in examples],
             "example_ids": [example.get("id") for example in examples],
         }
 
@@ -219,8 +269,8 @@ class Seq2SeqCollator:
     """Encoder-decoder: ``input_ids`` from the prompt, ``labels`` from ``output + eos`` (pad -> -100).
 
     ``mode="generate"`` leaves out ``labels`` and carries ``references`` / ``example_ids`` like
-    the causal generation collator. The encoder input keeps the tokenizer's special tokens and is
-    truncated from the left to ``max_length``; targets to ``max_target_length`` (eos kept).
+    the causal generation collator. The encoder input keeps the tokenizer's special tokens; over
+    ``max_length`` its input is cut as in training; targets to ``max_target_length`` (eos kept).
     """
 
     def __init__(
@@ -246,7 +296,8 @@ class Seq2SeqCollator:
 
     def __call__(self, examples: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         examples = _check_examples(examples)
-        prompts = self.prompts.encode_prompts([_field(e, self.prompt_field) for e in examples])
+        prompts = self.prompts.encode_prompts([_field(e, self.prompt_field) for e in examples],
+                                              inputs=[e.get("input") for e in examples])
         multiple = self.prompts.pad_to_multiple_of
         batch: dict[str, Any] = {
             "input_ids": _pad(prompts, self.prompts.pad_id, "right", multiple),
@@ -254,7 +305,7 @@ class Seq2SeqCollator:
             "task_ids": _task_ids(examples),
         }
         if self.mode == "generate":
-            batch["references"] = [example.get(self.target_field) for example in examples]
+            batch["references"] = [_references(example, self.target_field) for example in examples]
             batch["example_ids"] = [example.get("id") for example in examples]
             return batch
         targets = []
@@ -291,6 +342,11 @@ class ClassificationCollator:
         self.max_length = max_length
         self.label_space = label_space
         self.text_field = text_field
+        if stream.free_text_tasks:
+            raise ValueError(
+                f"tasks {stream.free_text_tasks} are free text (no label set): a classification head can only "
+                "learn closed label sets; train them with a causal-LM or seq2seq model"
+            )
         self.label_index = [{label: k for k, label in enumerate(task.labels)} for task in stream]
         self.offsets = [stream.label_offset(task) for task in stream]
 

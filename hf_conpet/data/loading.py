@@ -9,6 +9,7 @@ from typing import Any, Optional, Union
 
 
 from ..names import validate_task_name
+from ..scoring import check_metric
 from .tasks import DEFAULT_TEMPLATE, Task, _check_labels
 
 
@@ -40,8 +41,6 @@ def _read_meta(path: Path, task: str) -> dict[str, Any]:
         ) from None
     if not isinstance(meta, dict):
         raise ValueError(f"task {task!r}: {path} must hold a JSON object")
-    if "labels" not in meta:
-        raise ValueError(f"task {task!r}: {path} lacks 'labels' (the closed label set)")
     return meta
 
 
@@ -57,7 +56,10 @@ def tasks_from_dir(
     """Read ``<path>/<task>/{train.jsonl,test.jsonl,meta.json}``; ``order=None`` = sorted folders.
 
     The task name is the folder name (``meta.json``'s ``task`` field is informative only).
-    See :meth:`Task.from_records` for the split options.
+    ``meta.json``'s ``labels`` null or absent makes a free-text task; its ``metric`` (default
+    ``exact_match``) must be one hf_conpet scores. ``template`` is a format string or a name in
+    :data:`~hf_conpet.data.tasks.TEMPLATES` (``superni``). See :meth:`Task.from_records` for the
+    split options.
     """
     root = Path(path)
     if not root.is_dir():
@@ -99,7 +101,7 @@ def tasks_from_dir(
             Task.from_records(
                 name,
                 index,
-                _check_labels(meta["labels"], f"task {name!r} ({folder / 'meta.json'})"),
+                _check_labels(meta.get("labels"), f"task {name!r} ({folder / 'meta.json'})"),
                 meta.get("instruction", ""),
                 train,
                 test,
@@ -108,7 +110,7 @@ def tasks_from_dir(
                 max_train=max_train,
                 max_test=max_test,
                 template=template,
-                metric=meta.get("metric", "exact_match"),
+                metric=check_metric(meta.get("metric", "exact_match"), f"task {name!r} ({folder / 'meta.json'})"),
                 source={"train": str(folder / "train.jsonl"), "test": str(folder / "test.jsonl")},
             )
         )
@@ -132,7 +134,8 @@ def tasks_from_hub(
     ...) plus what we need: ``input_column`` / ``output_column`` (default "input" / "output"), or
     ``chat_column`` (a list of ``{"role", "content"}`` messages: the last assistant message is the
     answer, the messages before it the input); ``labels`` (default: the ``ClassLabel`` names of the
-    output column); ``instruction``; ``train_split`` ("train"), ``test_split`` ("test"),
+    output column, else free text); ``metric`` (default ``exact_match`` with labels, ``rougeL``
+    for free text); ``instruction``; ``train_split`` ("train"), ``test_split`` ("test"),
     ``validation_split`` (default: carved from train). Every dataset is loaded and every split,
     column and label set checked before any task is built: a problem is one `DatasetSpecError`
     line naming the task, the dataset and what is missing. `HF_DATASETS_OFFLINE=1` is respected
@@ -146,7 +149,7 @@ def tasks_from_hub(
         spec = dict(spec)
         fields = {key: spec.pop(key, default) for key, default in (
             ("input_column", "input"), ("output_column", "output"), ("chat_column", None), ("instruction", ""),
-            ("labels", None), ("train_split", "train"), ("test_split", "test"), ("validation_split", None))}
+            ("labels", None), ("metric", None), ("train_split", "train"), ("test_split", "test"), ("validation_split", None))}
         files = spec.get("data_files")
         shown = files if files and spec.get("path") in ("parquet", "json", "csv") else spec.get("path")
         where = f"task {name!r} ({shown!r})"
@@ -167,19 +170,20 @@ def tasks_from_hub(
         output_feature = None if fields["chat_column"] else dataset[splits["train"]].features[fields["output_column"]]
         if labels is None and isinstance(output_feature, ClassLabel):
             labels = list(output_feature.names)
-        if labels is None:
-            raise DatasetSpecError(f"{where}: give 'labels' (the answers are not a ClassLabel column); free-text "
-                                   "tasks are not supported yet")
-        loaded.append((name, where, dataset, splits, fields, labels, output_feature))
+        try:
+            metric = check_metric(fields["metric"] or ("exact_match" if labels is not None else "rougeL"), where)
+        except ValueError as error:
+            raise DatasetSpecError(str(error)) from None
+        loaded.append((name, where, dataset, splits, fields, labels, metric, output_feature))
 
     built = []
-    for index, (name, where, dataset, splits, fields, labels, output_feature) in enumerate(loaded):
+    for index, (name, where, dataset, splits, fields, labels, metric, output_feature) in enumerate(loaded):
         records = {split: _records(dataset[split_name], name, split, where, fields, labels, output_feature)
                    for split, split_name in splits.items()}
         built.append(Task.from_records(
             name, index, labels, fields["instruction"] or "", records["train"], records["test"], records.get("validation"),
             validation_size=validation_size, seed=seed, max_train=max_train, max_test=max_test, template=template,
-            source={split: f"{where}[{split_name}]" for split, split_name in splits.items()},
+            metric=metric, source={split: f"{where}[{split_name}]" for split, split_name in splits.items()},
         ))
     return built
 
@@ -198,7 +202,7 @@ def _records(split, name, split_label, where, fields, labels, output_feature) ->
                 raise DatasetSpecError(f"{where}: split {split_label!r} has unlabelled or out-of-range classes (e.g. -1, "
                                        "as in GLUE test sets); pick a labelled split")
             outputs = [output_feature.names[value] for value in outputs]
-            unknown = sorted(set(outputs) - set(labels))
+            unknown = sorted(set(outputs) - set(labels or output_feature.names))
             if unknown:
                 raise DatasetSpecError(f"{where}: the ClassLabel names {unknown} are not among the labels {list(labels)}")
         pairs = list(zip(split[fields["input_column"]], outputs))

@@ -75,18 +75,26 @@ class TaskStream:
         return self[task]
 
     def labels_of(self, task: Union[int, str, Task]) -> list[str]:
-        """The closed label set of a task (by position, name or Task)."""
-        return list(self._task(task).labels)
+        """The closed label set of a task (by position, name or Task); free-text tasks have none."""
+        chosen = self._task(task)
+        if chosen.labels is None:
+            raise ValueError(f"task {chosen.name!r} is a free-text task: it has no label set")
+        return list(chosen.labels)
+
+    @property
+    def free_text_tasks(self) -> list[str]:
+        """Names of the tasks without a label set (which a classification head cannot learn)."""
+        return [task.name for task in self.tasks if task.labels is None]
 
     def label_offset(self, task: Union[int, str, Task]) -> int:
         """Position of the task's first label in the union label space (global = offset + local)."""
         index = self._task(task).index
-        return sum(len(earlier.labels) for earlier in self.tasks[:index])
+        return sum(len(earlier.labels or []) for earlier in self.tasks[:index])
 
     @property
     def num_labels(self) -> int:
         """Size of the union label space."""
-        return sum(len(task.labels) for task in self.tasks)
+        return sum(len(task.labels or []) for task in self.tasks)
 
     def concat(self, split: str = "test", tasks: Optional[Sequence[Union[int, str]]] = None) -> Dataset:
         """One dataset of a split over several tasks (default all), e.g. to score every seen task."""

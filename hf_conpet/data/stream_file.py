@@ -1,7 +1,7 @@
 """A stream file: the tasks of a run and where each one's data lives, in YAML or JSON.
 
     # stream.yaml                       hf-conpet run --stream stream.yaml
-    template: "{instruction}\\n{input}\\nOutput: "     # optional
+    template: "{instruction}\\n{input}\\nOutput: "     # optional; or a preset name: superni
     tasks:
       - name: sentiment
         dataset: stanfordnlp/sst2        # a Hub dataset id ...
@@ -16,6 +16,9 @@
       - name: support
         dataset: data/support.jsonl
         chat: messages                   # a chat column: the last assistant turn is the answer
+      - name: summaries                  # no labels: a free-text task, scored by ROUGE-L
+        dataset: data/summaries.jsonl
+        metric: rougeL                   # optional: exact_match with labels, rougeL without
 
 Every key is checked when the file is read: an unknown key, a duplicate task, a missing dataset,
 split or column is one line naming it, before any training.
@@ -32,7 +35,7 @@ from .stream import TaskStream
 from .tasks import DEFAULT_TEMPLATE
 
 TASK_KEYS = {"name", "dataset", "config", "data_files", "splits", "input", "output", "chat", "labels", "instruction",
-             "revision"}
+             "revision", "metric"}
 FILE_KEYS = {"tasks", "template"}
 LOCAL_BUILDERS = {".parquet": "parquet", ".json": "json", ".jsonl": "json", ".csv": "csv"}
 
@@ -165,7 +168,7 @@ def load_stream_file(path: str | Path, tokenizer: Any = None, **options: Any) ->
         splits = task.get("splits") or {}
         spec.update(train_split=splits.get("train", "train"), test_split=splits.get("test", "test"),
                     validation_split=splits.get("validation"), instruction=task.get("instruction") or "",
-                    labels=task.get("labels"))
+                    labels=task.get("labels"), metric=task.get("metric"))
         if task.get("chat"):
             spec["chat_column"] = task["chat"]
         else:
