@@ -53,6 +53,9 @@ def parse_args():
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--learning-rate", type=float, default=5e-4)
     parser.add_argument("--max-length", type=int, default=128)
+    parser.add_argument("--template", default="auto",
+                        help="prompt template: a preset (default, superni) or a format string; auto: SuperNI's "
+                             "prompt when every task is free text (meta.json labels null), else the default")
     parser.add_argument("--max-train", type=int, default=None, help="training examples per task (default: all)")
     parser.add_argument("--max-eval-examples", type=int, default=100, help="first N test examples per task")
     parser.add_argument("--r", type=int, default=8)
@@ -77,7 +80,7 @@ def parse_args():
 def run_method(method, args, tokenizer, base_path, single_task_scores):
     torch.manual_seed(args.seed)
     stream = TaskStream.from_dir(args.data_dir, order=args.tasks.split(","), tokenizer=tokenizer,
-                                 max_train=args.max_train, seed=args.seed)
+                                 max_train=args.max_train, seed=args.seed, template=args.template)
     selector_options = {}
     if method == "conpet":  # conpet_analytic keeps its method's features: the last prompt token's hidden state
         selector_options = {"feature_source": args.selector_feature}
@@ -129,6 +132,10 @@ def oracle_scores(results: dict) -> dict | None:
 
 def main():
     args = parse_args()
+    if args.template == "auto":
+        free_text = all(json.loads((Path(args.data_dir) / name / "meta.json").read_text()).get("labels") is None
+                        for name in args.tasks.split(","))
+        args.template = "superni" if free_text else "default"
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     base_path = resolve_base_model(args.model)
     tokenizer = AutoTokenizer.from_pretrained(base_path)
@@ -139,7 +146,7 @@ def main():
     budget = (f"{len(args.tasks.split(','))} tasks ({args.tasks}), {args.steps_per_task} steps/task x batch "
               f"{args.batch_size}, lr {args.learning_rate}, LoRA r={args.r} alpha={args.lora_alpha} on {args.targets}, "
               f"new task modules start {args.new_task_init} (oracle: fresh), max_length {args.max_length}, "
-              f"first {args.max_eval_examples} test examples/task, ConPET selector features {args.selector_feature}, "
+              f"first {args.max_eval_examples} test examples/task, template {args.template}, ConPET selector features {args.selector_feature}, "
               f"{args.selector_steps} selector steps/task, "
               f"SAPT selector lr {args.selector_learning_rate or 'same'}, torch threads {torch.get_num_threads()}")
     output = Path(args.output)
