@@ -21,6 +21,7 @@ __all__ = [
     "METRIC_DISPLAY_NAMES",
     "ROUGE_L_MODULE_PATH",
     "check_metric",
+    "evaluate_metric_info",
     "example_score",
     "exact_match",
     "load_exact_match",
@@ -135,6 +136,19 @@ def _load_module(path: Path, load_kwargs: dict[str, Any]):
     import evaluate  # imported lazily: it pulls in pandas and friends
 
     return evaluate.load(str(path), **load_kwargs)
+
+
+def evaluate_metric_info(description: str, citation: str, inputs_description: str, *, several_references: bool):
+    """The ``evaluate.MetricInfo`` both local modules declare: string predictions, and one string
+    reference (exact match) or a list of them (ROUGE-L) per prediction."""
+    import datasets
+    import evaluate
+
+    reference = datasets.List(datasets.Value("string")) if several_references else datasets.Value("string")
+    return evaluate.MetricInfo(
+        module_type="metric", description=description, citation=citation, inputs_description=inputs_description,
+        features=datasets.Features({"predictions": datasets.Value("string"), "references": reference}),
+    )
 
 
 def load_exact_match(**load_kwargs: Any):

@@ -5,10 +5,9 @@ stripping by default); `hf_conpet.metrics.load_exact_match()` loads this file in
 The scoring itself is imported from hf_conpet so there is exactly one definition of it.
 """
 
-import datasets
 import evaluate
 
-from hf_conpet.scoring import exact_match
+from hf_conpet.scoring import evaluate_metric_info, exact_match
 
 _DESCRIPTION = (
     "Fraction of predictions equal to their reference after lower-casing, deleting punctuation "
@@ -43,15 +42,7 @@ class ConpetExactMatch(evaluate.Metric):
     """Exact match after hf_conpet.metrics.normalize_answer."""
 
     def _info(self):
-        return evaluate.MetricInfo(
-            module_type="metric",
-            description=_DESCRIPTION,
-            citation=_CITATION,
-            inputs_description=_KWARGS_DESCRIPTION,
-            features=datasets.Features(
-                {"predictions": datasets.Value("string"), "references": datasets.Value("string")}
-            ),
-        )
+        return evaluate_metric_info(_DESCRIPTION, _CITATION, _KWARGS_DESCRIPTION, several_references=False)
 
     def _compute(self, predictions, references):
         return {"exact_match": exact_match(predictions, references)}

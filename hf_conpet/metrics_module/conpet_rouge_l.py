@@ -4,10 +4,9 @@
 instead, offline. The scoring itself is imported from hf_conpet (one definition of it).
 """
 
-import datasets
 import evaluate
 
-from hf_conpet.scoring import rouge_l
+from hf_conpet.scoring import evaluate_metric_info, rouge_l
 
 _DESCRIPTION = (
     "ROUGE-L F-measure of rouge_score's RougeScorer(['rougeL'], use_stemmer=True), the best over each "
@@ -41,15 +40,7 @@ class ConpetRougeL(evaluate.Metric):
     """ROUGE-L (stemmed F-measure, best over references), hf_conpet.scoring.rouge_l."""
 
     def _info(self):
-        return evaluate.MetricInfo(
-            module_type="metric",
-            description=_DESCRIPTION,
-            citation=_CITATION,
-            inputs_description=_KWARGS_DESCRIPTION,
-            features=datasets.Features(
-                {"predictions": datasets.Value("string"), "references": datasets.List(datasets.Value("string"))}
-            ),
-        )
+        return evaluate_metric_info(_DESCRIPTION, _CITATION, _KWARGS_DESCRIPTION, several_references=True)
 
     def _compute(self, predictions, references):
         return {"rougeL": rouge_l(predictions, references)}
