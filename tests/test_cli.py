@@ -154,6 +154,32 @@ def test_eval_and_route_on_the_output(finished_run, capsys):
     assert all(0.0 <= p <= 1.0 for p in probabilities) and len(probabilities) == 4
 
 
+def test_run_on_superni_free_text_tasks_names_rouge_l_everywhere(one_thread, tiny_model, tmp_path, capsys):
+    """`hf-conpet run --data-dir ../shared/data/superni --template superni`: free-text tasks train,
+    are scored by ROUGE-L, and the table, metrics.json, manifest and card say so; eval re-scores them."""
+    from pathlib import Path
+
+    from huggingface_hub import ModelCard
+
+    superni = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "superni"
+    output = tmp_path / "out"
+    assert cli.main(["run", "--model", str(tiny_model), "--data-dir", str(superni), "--tasks", "sent140,samsum",
+                     "--template", "superni", "--output", str(output), "--max-steps-per-task", "2",
+                     "--batch-size", "2", "--max-length", "768", "--max-eval-examples", "2",
+                     "--max-train-examples", "8"]) == 0
+    printed = capsys.readouterr().out
+    assert "rougeL, 2/2 tasks trained" in printed
+    metrics = ContinualMetrics.from_dict(json.loads((output / "metrics.json").read_text()))
+    assert metrics.task_metrics == ["rougeL", "rougeL"]
+    loaded = ConPetModelForCausalLM.from_pretrained(output / "model")
+    assert [task.labels for task in loaded.tasks] == [None, None]
+    assert loaded.tasks[0].metadata["prompt_template"].startswith("Definition: {instruction}")
+    card = ModelCard.load(output / "model" / "README.md")
+    assert "| 2 | `samsum` | free text | ROUGE-L |" in card.text
+    assert cli.main(["eval", str(output), "--max-eval-examples", "2"]) == 0
+    assert "rougeL" in capsys.readouterr().out
+
+
 def test_resume_after_a_killed_run_trains_only_the_unfinished_task(one_thread, tiny_model, tiny_data, tmp_path, monkeypatch, capsys):
     output = tmp_path / "out"
     trained = []
@@ -533,7 +559,10 @@ def test_every_hf_conpet_command_in_the_readme_parses_as_written():
         if line.startswith("```"):
             language = None if language is not None else (line[3:].strip() or "text")
         elif language in ("bash", "sh", "text"):
-            shell_lines.append(line)
+            if shell_lines and shell_lines[-1].endswith("\\"):  # a command continued on the next line
+                shell_lines[-1] = shell_lines[-1][:-1] + line
+            else:
+                shell_lines.append(line)
     commands = []
     for block in [shell_lines]:
         for line in block:
