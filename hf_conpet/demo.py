@@ -163,7 +163,8 @@ def _saved_examples(model) -> list[list[str]]:
 
 
 def _task_rows(model) -> list[list[str]]:
-    return [[str(i), t.name, ", ".join(t.labels or []) or "-", t.instruction or "-"] for i, t in enumerate(model.tasks)]
+    return [[str(i), t.name, ", ".join(t.labels) if t.labels else "free text", t.instruction or "-"]
+            for i, t in enumerate(model.tasks)]
 
 
 # ----------------------------------------------------------------------------- inference

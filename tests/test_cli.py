@@ -174,6 +174,9 @@ def test_run_on_superni_free_text_tasks_names_rouge_l_everywhere(one_thread, tin
     loaded = ConPetModelForCausalLM.from_pretrained(output / "model")
     assert [task.labels for task in loaded.tasks] == [None, None]
     assert loaded.tasks[0].metadata["prompt_template"].startswith("Definition: {instruction}")
+    from hf_conpet.demo import _task_rows
+
+    assert [row[2] for row in _task_rows(loaded)] == ["free text", "free text"]  # the Space's task table
     card = ModelCard.load(output / "model" / "README.md")
     assert "| 2 | `samsum` | free text | ROUGE-L |" in card.text
     assert cli.main(["eval", str(output), "--max-eval-examples", "2"]) == 0
