@@ -21,7 +21,7 @@ from transformers import TrainerCallback
 
 from . import checkpoint
 from ._io import read_json
-from .data import NON_MODEL_KEYS
+from .data import NON_MODEL_KEYS, check_answers_fit
 from .evaluation import AnswerCache, evaluate_task
 from .methods import get_method
 from .metrics import ContinualMetrics
@@ -118,8 +118,14 @@ class ContinualCallback(TrainerCallback):
         inner = self.stream.collator(self.kind, "train", max_length=self.max_length, tokenizer=self.tokenizer, **options)
         return ContinualTrainingCollator(inner, shared_module=not self.method.module_per_task)
 
+    def check_answers_fit(self, tasks) -> None:
+        """Refuse, naming the task and example, a training answer that alone takes more than
+        `max_length` tokens: up front, not at whichever batch of a long run happens to hold it."""
+        check_answers_fit(self.data_collator.inner, tasks)
+
     def train_dataset(self, task) -> datasets.Dataset:
         """The rows the Trainer should see for `task` (and mark it as the task in progress)."""
+        self.check_answers_fit([task])
         self.current_task = task
         rows = task.train
         if self.method.train_data == "replay":
@@ -132,6 +138,7 @@ class ContinualCallback(TrainerCallback):
 
     def train_dataset_all(self) -> datasets.Dataset:
         """Every task's rows at once (multitask)."""
+        self.check_answers_fit(self.stream)
         return datasets.concatenate_datasets([task.train for task in self.stream]).shuffle(seed=self.seed)
 
     # ----- Trainer events ---------------------------------------------------------------------

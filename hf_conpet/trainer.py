@@ -132,6 +132,7 @@ class ContinualTrainer:
         finished = self.callback.resume() if self.resume else []
         if finished:
             logger.info("resuming after %d finished tasks: %s", len(finished), finished)
+        self.callback.check_answers_fit([task for task in self.stream if task.name not in finished])
         budget = self.callback.batches_per_task
         if self.method.train_data == "all":
             if finished and list(finished) != list(self.stream.names):

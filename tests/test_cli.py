@@ -183,6 +183,21 @@ def test_run_on_superni_free_text_tasks_names_rouge_l_everywhere(one_thread, tin
     assert "rougeL" in capsys.readouterr().out
 
 
+def test_an_answer_longer_than_max_length_is_refused_before_anything_is_written(one_thread, tiny_model, tmp_path, capfd):
+    """samsum's summaries take over 128 byte tokens: one line naming the task, no output directory
+    (not an error at whichever training batch first holds such an answer)."""
+    from pathlib import Path
+
+    superni = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "superni"
+    output = tmp_path / "out"
+    capfd.readouterr()
+    assert cli.main(["run", "--model", str(tiny_model), "--data-dir", str(superni), "--tasks", "sent140,samsum",
+                     "--template", "superni", "--output", str(output), "--max-length", "128"]) == 2
+    err = capfd.readouterr().err
+    assert err.count("\n") == 1 and "--max-length 128 is too short: task 'samsum': example 'samsum-train-" in err, err
+    assert "needs at least" in err and not output.exists()
+
+
 def test_resume_after_a_killed_run_trains_only_the_unfinished_task(one_thread, tiny_model, tiny_data, tmp_path, monkeypatch, capsys):
     output = tmp_path / "out"
     trained = []

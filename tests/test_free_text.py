@@ -245,3 +245,15 @@ def test_free_text_stream_trains_scores_saves_and_loads(tokenizer, tmp_path):
     assert "| 2 | `sent140` | free text | ROUGE-L |" in card and "| 1 | `sst2` | `Good`, `Bad` | accuracy |" in card
     assert "`a[j][i]` is the score (each task's own metric" in card
     assert "- exact_match\n- rougeL" in card
+
+
+def test_a_training_answer_longer_than_max_length_fails_before_training(tokenizer, tmp_path):
+    """ContinualTrainer checks every task's answers before the first step: no module is added."""
+    stream = superni(tokenizer, ["sent140", "samsum"])
+    model = ConPetModelForCausalLM(tiny_llama_for(tokenizer), ConPetConfig(selector=config_selector("conpet")), tokenizer=tokenizer)
+    args = TrainingArguments(output_dir=str(tmp_path / "run"), per_device_train_batch_size=4, report_to=[], use_cpu=True,
+                             disable_tqdm=True)
+    trainer = ContinualTrainer(model, stream, args, method="conpet", batches_per_task=2, max_length=96)
+    with pytest.raises(ValueError, match=r"task 'samsum': example 'samsum-train-\d+': its target alone takes \d+ tokens"):
+        trainer.fit()
+    assert model.num_tasks == 0

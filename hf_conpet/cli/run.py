@@ -133,7 +133,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from transformers import TrainingArguments, set_seed
 
     from .. import ConPetConfig, ConPetModelForCausalLM
-    from ..data import TaskStream
+    from ..data import TaskStream, check_answers_fit
     from ..methods import METHODS, config_selector
 
     output = Path(args.output or DEFAULT_OUTPUT).expanduser()
@@ -192,6 +192,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         model = ConPetModelForCausalLM(base, config, tokenizer=tokenizer)
     except ValueError as error:
         raise CliError(f"cannot put LoRA modules on {settings['model'] or 'the default model'}: {one_line(error)}") from None
+
+    try:  # a training answer longer than --max-length is refused before anything is written
+        check_answers_fit(stream.collator("causal_lm", "train", max_length=settings["max_length"], tokenizer=tokenizer),
+                          [task for task in stream if task.name not in finished])
+    except ValueError as error:
+        raise CliError(f"--max-length {settings['max_length']} is too short: {one_line(error)}") from None
 
     # Everything above only read; from here on the output directory is written.
     output.mkdir(parents=True, exist_ok=True)

@@ -1,7 +1,8 @@
 """Task streams: tasks as `datasets.Dataset` (`tasks.py`), reading them (`loading.py`), the stream
 (`stream.py`) and its collators (`collators.py`).
 
-A task is a closed-label-set problem cast as text generation (the Long Sequence benchmark).
+A task is text generation: a closed label set scored by exact match (the Long Sequence
+benchmark) or free text scored by ROUGE-L (SuperNI), as its ``meta.json`` says.
 Each example carries its ``task_id`` so that training can teach the selector and evaluation can
 score routing, while the model itself is never told the task at inference.
 
@@ -15,11 +16,18 @@ The released data has dev == test, so the validation split is carved from train 
 """
 
 from ..names import validate_task_name
-from .collators import CausalLMGenerationCollator, CausalLMTrainingCollator, ClassificationCollator, Seq2SeqCollator
+from .collators import (
+    CausalLMGenerationCollator,
+    CausalLMTrainingCollator,
+    ClassificationCollator,
+    Seq2SeqCollator,
+    check_answers_fit,
+)
 from .stream import TaskStream
 from .tasks import COLUMNS, DEFAULT_TEMPLATE, IGNORE_INDEX, NON_MODEL_KEYS, SPLITS, Task
 
 __all__ = [
+    "check_answers_fit",
     "COLUMNS",
     "DEFAULT_TEMPLATE",
     "IGNORE_INDEX",

@@ -201,20 +201,31 @@ class CausalLMTrainingCollator:
         self.prompt_field = prompt_field
         self.target_field = target_field
 
-    def __call__(self, examples: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
-        examples = _check_examples(examples)
+    def targets(self, examples: Sequence[Mapping[str, Any]]) -> list[list[int]]:
+        """Each example's target tokens (answer + eos); an error naming the first one that alone
+        does not fit in ``max_length``. Cheap enough to run over a whole training split before
+        training starts, so a long answer fails the run up front rather than mid-task."""
         targets = [
             ids + [self.eos_id]
             for ids in self.prompts.tokenize([_field(e, self.target_field) for e in examples])
         ]
-        budgets = None
         if self.max_length is not None:
+            room = self.max_length - len(self.prompts.prefix)
             for example, target in zip(examples, targets):
-                if len(target) > self.max_length - len(self.prompts.prefix):
+                if len(target) > room:
+                    longest = max(len(t) for t in targets) + len(self.prompts.prefix)
                     raise ValueError(
                         f"example {example.get('id', '?')!r}: its target alone takes {len(target)} tokens, "
-                        f"more than max_length={self.max_length} allows; raise max_length"
+                        f"more than max_length={self.max_length} allows; raise max_length (these examples' "
+                        f"longest answer needs at least {longest + 1})"
                     )
+        return targets
+
+    def __call__(self, examples: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
+        examples = _check_examples(examples)
+        targets = self.targets(examples)
+        budgets = None
+        if self.max_length is not None:
             budgets = [self.max_length - len(target) for target in targets]
         prompts = self.prompts.encode_prompts([_field(e, self.prompt_field) for e in examples], budgets,
                                               [e.get("input") for e in examples])
@@ -227,6 +238,19 @@ class CausalLMTrainingCollator:
             "labels": _pad(label_rows, IGNORE_INDEX, "right", multiple),
             "task_ids": _task_ids(examples),
         }
+
+
+def check_answers_fit(collator, tasks) -> None:
+    """Run `collator`'s target check over every training answer of `tasks`; the error names the
+    task. Only decoder-only training keeps every answer token: other collators pass."""
+    if not isinstance(collator, CausalLMTrainingCollator):
+        return
+    for task in tasks:
+        columns = [name for name in ("id", collator.target_field) if name in task.train.column_names]
+        try:
+            collator.targets(task.train.select_columns(columns).to_list())
+        except ValueError as error:
+            raise ValueError(f"task {task.name!r}: {error}") from None
 
 
 class CausalLMGenerationCollator:
