@@ -18,6 +18,12 @@ task: 956 prompts on the 10 tasks of ../shared/data, ConPET selector on input em
 steps per task), 2 CPU cores: multitask 38.7 min, conpet 28.8 min. At 25 steps and 30 test examples
 per task (an earlier run): multitask 24.4, conpet 19.4 (33.1 on the last hidden state), sapt 25.9,
 seq_lora 24.8, oracle 26.2.
+SuperNI (--data-dir ../shared/data/superni, order 1 of its README, free text scored by ROUGE-L;
+--template auto picks SuperNI's prompt): --steps-per-task 20 --max-length 384 --max-eval-examples 40
+--selector-steps 300 (440 prompts, each task generating at most its own budget: 2 tokens for csqa,
+64 for diplomacy): conpet 25.0 min, multitask 34.8. seq_lora re-scores every earlier task with its
+live module after every task (no answer can be reused), so at 40 examples it would take about 100
+minutes: measured at --max-eval-examples 10 (30.7 min).
 Answers of examples routed top-1 to frozen modules are reused across rows (evaluation.AnswerCache);
 SAPT's soft mixture cannot be cached, so its evaluation grows with rows x examples.
 """
