@@ -88,6 +88,7 @@ class ContinualCallback(TrainerCallback):
         self.replay_ratio = replay_ratio if replay_ratio is not None else model.conpet_config.replay_ratio
         self.memory = memory if memory is not None else ReplayMemory("all", seed=seed, budget=memory_budget)
         self.max_length = max_length
+        self._answers_checked: set[str] = set()  # tasks whose answers all fit in max_length
         self.eval_batch_size = eval_batch_size
         self.max_eval_examples = max_eval_examples
         self.selector_steps, self.selector_batch_size = selector_steps, selector_batch_size
@@ -120,8 +121,12 @@ class ContinualCallback(TrainerCallback):
 
     def check_answers_fit(self, tasks) -> None:
         """Refuse, naming the task and example, a training answer that alone takes more than
-        `max_length` tokens: up front, not at whichever batch of a long run happens to hold it."""
-        check_answers_fit(self.data_collator.inner, tasks)
+        `max_length` tokens: up front, not at whichever batch of a long run happens to hold it.
+        Each task is checked once (ContinualTrainer checks the stream before its first task, then
+        `train_dataset` would again)."""
+        unchecked = [task for task in tasks if task.name not in self._answers_checked]
+        check_answers_fit(self.data_collator.inner, unchecked)
+        self._answers_checked.update(task.name for task in unchecked)
 
     def train_dataset(self, task) -> datasets.Dataset:
         """The rows the Trainer should see for `task` (and mark it as the task in progress)."""
