@@ -35,6 +35,7 @@ from .features import FeatureSpec, backbone_features, feature_size
 from .heads import TaskStackedHead
 from .layers import RoutingContext, RoutingPlan
 from .saved_layout import MANIFEST_NAME, read_manifest
+from .regularizers.base import TrainingStep
 from .selectors import TaskSelector
 from .tuner import TaskStackedLoraModel, adapter_dtype
 
@@ -322,17 +323,31 @@ class ConPetModel(PeftModel):
             plan = RoutingPlan.from_task_ids(torch.full((batch_size,), self._live_task(), dtype=torch.long, device=self._device))
         else:
             plan = self.routing_plan(input_ids, attention_mask, task_ids, routing_weights, batch_size, routing_plan)
+        base_inputs = dict(input_ids=input_ids, attention_mask=attention_mask, **self._base_kwargs(kwargs))
         with self.routing.use(plan):
-            output = self.base_model(input_ids=input_ids, attention_mask=attention_mask, **self._base_kwargs(kwargs))
+            output = self.base_model(**base_inputs)
         loss = self._task_loss(output, labels, num_items)
         if loss is not None and self.training:
-            extra = [auxiliary_loss, self.regularizer.penalty(self) if self.regularizer is not None else None]
+            penalty = None
+            if self.regularizer is not None:
+                penalty = self.regularizer.penalty(self, self._training_step(output, labels, plan, base_inputs))
+            extra = [auxiliary_loss, penalty]
             extra = [term for term in extra if term is not None]
             if extra:
                 loss = loss + self._micro_batch_share(labels, num_items) * sum(extra)
         if loss is not None:
             output.loss = loss
         return output
+
+    def _training_step(self, output, labels, plan, base_inputs) -> TrainingStep:
+        """What a regulariser may read of this step; `rerun` repeats the forward with some parameters of
+        `base_model` replaced (torch.func.functional_call), without gradient and routed the same way."""
+
+        def rerun(parameters):
+            with torch.no_grad(), self.routing.use(plan):
+                return torch.func.functional_call(self.base_model, parameters, args=(), kwargs=base_inputs, strict=False)
+
+        return TrainingStep(logits=getattr(output, "logits", None), labels=labels, task_type=self.task_type, rerun=rerun)
 
     def _base_kwargs(self, kwargs: dict) -> dict:
         """What the base model's own forward receives (its loss included)."""

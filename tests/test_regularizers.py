@@ -176,10 +176,12 @@ def test_ewc_state_round_trips_through_safetensors(tmp_path):
         model.first.live_lora_A.mul_(1.5)
     regularizer.save(tmp_path / "ewc")
     written = sorted(p.name for p in (tmp_path / "ewc").iterdir())
-    assert written == ["ewc_config.json", "ewc_state.safetensors"]  # no pickle
+    assert written == ["regularizer.json", "regularizer_state.safetensors"]  # no pickle
     loaded = EWCRegularizer.load(tmp_path / "ewc")
     assert loaded.lambda_ == 7.0 and loaded.num_consolidated_tasks == 1
     assert torch.allclose(loaded.penalty(model), regularizer.penalty(model))
+    with pytest.raises(ValueError, match="holds a 'ewc' regulariser, not 'lwf'"):
+        LwFRegularizer.load(tmp_path / "ewc")
 
 
 def test_ewc_errors_name_the_problem():
@@ -211,8 +213,8 @@ def test_ewc_errors_name_the_problem():
 def test_lwf_is_zero_when_student_equals_teacher_and_positive_otherwise():
     logits = torch.randn(2, 5, 7)
     regularizer = LwFRegularizer(temperature=2.0, lambda_=1.0)
-    assert regularizer.penalty(logits.clone(), logits).abs().item() < 1e-6
-    assert regularizer.penalty(torch.randn(2, 5, 7), logits).item() > 0
+    assert regularizer.distillation(logits.clone(), logits).abs().item() < 1e-6
+    assert regularizer.distillation(torch.randn(2, 5, 7), logits).item() > 0
 
 
 def test_lwf_matches_kl_times_t_squared_over_masked_positions():
@@ -221,7 +223,7 @@ def test_lwf_matches_kl_times_t_squared_over_masked_positions():
     teacher = torch.randn(2, 4, 6, requires_grad=True)
     mask = torch.tensor([[1, 1, 0, 0], [0, 1, 1, 0]], dtype=torch.bool)
     temperature, weight = 2.0, 0.7
-    penalty = LwFRegularizer(temperature=temperature, lambda_=weight).penalty(student, teacher, mask)
+    penalty = LwFRegularizer(temperature=temperature, lambda_=weight).distillation(student, teacher, mask)
 
     kept_student, kept_teacher = student[mask] / temperature, teacher[mask] / temperature
     manual = F.kl_div(
@@ -234,7 +236,7 @@ def test_lwf_matches_kl_times_t_squared_over_masked_positions():
     # By hand for one position: sum p_t log(p_t / p_s).
     p_t = torch.softmax(teacher[0, 0] / temperature, -1)
     p_s = torch.softmax(student[0, 0] / temperature, -1)
-    single = LwFRegularizer(temperature, 1.0).penalty(student[0, 0][None], teacher[0, 0][None])
+    single = LwFRegularizer(temperature, 1.0).distillation(student[0, 0][None], teacher[0, 0][None])
     by_hand = temperature**2 * (p_t * (p_t / p_s).log()).sum()
     assert math.isclose(single.item(), by_hand.item(), rel_tol=1e-5)
 
@@ -246,12 +248,12 @@ def test_lwf_matches_kl_times_t_squared_over_masked_positions():
 def test_lwf_edge_cases_and_errors():
     regularizer = LwFRegularizer()
     student = torch.randn(3, 4, requires_grad=True)
-    empty = regularizer.penalty(student, torch.randn(3, 4), torch.zeros(3, dtype=torch.bool))
+    empty = regularizer.distillation(student, torch.randn(3, 4), torch.zeros(3, dtype=torch.bool))
     assert empty.item() == 0.0 and empty.requires_grad
     with pytest.raises(ValueError, match="slice the student"):
-        regularizer.penalty(torch.randn(3, 5), torch.randn(3, 4))
+        regularizer.distillation(torch.randn(3, 5), torch.randn(3, 4))
     with pytest.raises(ValueError, match="mask"):
-        regularizer.penalty(torch.randn(3, 4), torch.randn(3, 4), torch.ones(4, dtype=torch.bool))
+        regularizer.distillation(torch.randn(3, 4), torch.randn(3, 4), torch.ones(4, dtype=torch.bool))
     with pytest.raises(ValueError, match="temperature"):
         LwFRegularizer(temperature=0)
 
