@@ -18,6 +18,7 @@ from .data import Task, TaskStream  # noqa: E402
 from .metrics import ContinualMetrics  # noqa: E402
 from .callback import ContinualCallback  # noqa: E402
 from .trainer import ContinualTrainer, attach_method  # noqa: E402
+from .methods import METHODS, method_config  # noqa: E402
 
 __all__ = [
     "ConPetConfig",
@@ -28,9 +29,11 @@ __all__ = [
     "ContinualCallback",
     "ContinualMetrics",
     "ContinualTrainer",
+    "METHODS",
     "RoutingPlan",
     "Task",
     "TaskStackedLoraLinear",
     "TaskStream",
     "attach_method",
+    "method_config",
 ]

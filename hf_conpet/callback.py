@@ -23,7 +23,8 @@ from . import checkpoint
 from ._io import read_json
 from .data import NON_MODEL_KEYS, check_answers_fit
 from .evaluation import AnswerCache, evaluate_task
-from .methods import get_method
+from .features import FeatureSpec
+from .methods import check_method_config, get_method
 from .metrics import ContinualMetrics
 from .names import CHECKPOINT_DIR
 from .memory import DEFAULT_MEMORY_BUDGET, ReplayMemory
@@ -79,6 +80,11 @@ class ContinualCallback(TrainerCallback):
         self.model = model
         self.stream = stream
         self.method = get_method(method)
+        config = model.conpet_config
+        check_method_config(method, config)
+        if config.regularizer != "none" and model.regularizer is None:
+            raise ValueError(f"method {method!r} trains with the {config.regularizer} regulariser, which the model has "
+                             f"not got: call hf_conpet.attach_method(model, {method!r}) first")
         self.tokenizer = tokenizer if tokenizer is not None else (stream.tokenizer or model.tokenizer)
         if self.tokenizer is None:
             raise ValueError("ContinualCallback needs a tokenizer (pass tokenizer=, or give one to the stream)")
@@ -86,7 +92,8 @@ class ContinualCallback(TrainerCallback):
         self.batch_size = batch_size
         self.batches_per_task = batches_per_task or model.conpet_config.batches_per_task
         self.replay_ratio = replay_ratio if replay_ratio is not None else model.conpet_config.replay_ratio
-        self.memory = memory if memory is not None else ReplayMemory("all", seed=seed, budget=memory_budget)
+        self.memory = memory if memory is not None else ReplayMemory(
+            config.memory, capacity=config.memory_capacity, seed=seed, budget=memory_budget)
         self.max_length = max_length
         self._answers_checked: set[str] = set()  # tasks whose answers all fit in max_length
         self.eval_batch_size = eval_batch_size
@@ -174,7 +181,10 @@ class ContinualCallback(TrainerCallback):
             )
             record["selector"] = model.selector.end_task(context)
         if task.index not in self.memory:
-            self.memory.add_task(task.index, task.train)
+            embeddings = self.memory_embeddings(task.train) if self.memory.strategy == "kmeans" else None
+            self.memory.add_task(task.index, task.train, embeddings=embeddings)
+        if model.regularizer is not None:
+            model.regularizer.end_task(model, self.training_batches(task.train))
         seen = [t for t in self.stream if t.index <= task.index]
         if self.max_eval_examples != 0:  # 0: no evaluation (cost benchmarks)
             record.update(self._evaluate_row(seen))
@@ -222,6 +232,19 @@ class ContinualCallback(TrainerCallback):
             return torch.zeros(0, size, device=self.model._device)
         return torch.cat(features)
 
+    def memory_embeddings(self, rows: datasets.Dataset) -> torch.Tensor:
+        """[len(rows), d] frozen-backbone features the kmeans memory clusters: what the model's
+        selector reads, or (no selector) mean-pooled input embeddings, which cost no forward pass."""
+        spec = getattr(self.model.selector, "feature_spec", None) or FeatureSpec()
+        features = [self.model.prompt_features(b["input_ids"], b["attention_mask"], spec) for b in self.encode_prompts(rows)]
+        return torch.cat(features) if features else torch.zeros(0, self.model.feature_size(spec))
+
+    def training_batches(self, rows: datasets.Dataset):
+        """The rows as the Trainer's batches, in order, on the model's device (what EWC's Fisher reads)."""
+        device = self.model._device
+        for batch in DataLoader(rows, batch_size=self.batch_size, shuffle=False, collate_fn=self.data_collator):
+            yield {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+
     def encode_prompts(self, rows: datasets.Dataset):
         """Prompt-only batches of `rows` on the model's device (what selectors read)."""
         collate = self.stream.collator(
@@ -245,7 +268,7 @@ class ContinualCallback(TrainerCallback):
             "seed": self.seed, "settings": self.run_settings, "history": self.history,
         }
         return checkpoint.write_checkpoint(self.output_dir / CHECKPOINT_DIR, self.model, self.memory,
-                                           self.metrics.to_dict(), progress, generators)
+                                           self.metrics.to_dict(), progress, generators, self.model.regularizer)
 
     def resume(self) -> list[str]:
         """Load the last checkpoint into the (task-less) model and put the global generators where
@@ -271,6 +294,8 @@ class ContinualCallback(TrainerCallback):
         if not self.method.module_per_task and self.model.num_tasks:
             self.model.thaw_last_task()
         self.memory = ReplayMemory.load(directory / checkpoint.REPLAY_DIR)
+        if self.model.regularizer is not None:
+            self.model.regularizer = checkpoint.read_regularizer(directory, self.model.regularizer)
         metrics_path = directory / checkpoint.METRICS_FILE
         try:
             saved = ContinualMetrics.from_dict(read_json(metrics_path))

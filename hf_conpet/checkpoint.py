@@ -3,6 +3,7 @@
     checkpoint/
       conpet_config.json, tasks/, selector/   the saved system (the same layout as `model/`)
       replay/                                 the replay memory (`ReplayMemory.save`)
+      regularizer/                            EWC's Fisher and anchor, LwF's teacher (`Regularizer.save`)
       metrics.json                            the accuracy matrix so far
       progress.json                           method, stream, finished tasks, run settings, history
       rng_state.json, rng_state.safetensors   Python, NumPy and torch (CPU, CUDA) generator states
@@ -28,6 +29,7 @@ from .rng_state import capture_rng_state, restore_rng_state
 PROGRESS_FILE = "progress.json"
 METRICS_FILE = "metrics.json"
 REPLAY_DIR = "replay"
+REGULARIZER_DIR = "regularizer"
 RNG_JSON = "rng_state.json"
 RNG_TENSORS = "rng_state.safetensors"
 
@@ -53,12 +55,14 @@ def settings_differences(recorded: dict[str, Any], given: dict[str, Any], record
 
 # ----------------------------------------------------------------------------- write / read
 def write_checkpoint(destination: Path, model, memory, metrics: dict[str, Any], progress: dict[str, Any],
-                     generators: tuple[dict, dict] | None = None) -> Path:
+                     generators: tuple[dict, dict] | None = None, regularizer=None) -> Path:
     """Everything a resume needs, replacing the previous checkpoint in one crash-safe swap.
     `generators`: the states to record (default: the current ones)."""
     with atomic_directory(destination) as staging:
         model.write_layout(staging, metrics=metrics)
         memory.save(staging / REPLAY_DIR)
+        if regularizer is not None:
+            regularizer.save(staging / REGULARIZER_DIR)
         write_json(staging / METRICS_FILE, metrics)
         write_json(staging / PROGRESS_FILE, progress)
         plain, tensors = generators if generators is not None else capture_rng_state()
@@ -87,6 +91,20 @@ def read_progress(directory: Path) -> dict[str, Any] | None:
     if "settings" in progress and not isinstance(progress["settings"], dict):
         raise ValueError(f"{path}: field 'settings' must be an object")
     return progress
+
+
+def read_regularizer(directory: Path, current):
+    """The regulariser state the checkpoint holds, for a run that trains with `current` (a
+    regulariser of the same kind and settings; another is a `ResumeMismatchError`)."""
+    saved = directory / REGULARIZER_DIR
+    if not saved.is_dir():
+        raise ResumeMismatchError(f"{directory} holds no {REGULARIZER_DIR}/: it was not trained with the "
+                                  f"{current.kind} regulariser this run uses")
+    loaded = type(current).load(saved)
+    if loaded.settings() != current.settings():
+        raise ResumeMismatchError(f"{saved} was trained with {current.kind} settings {loaded.settings()}, "
+                                  f"this run has {current.settings()}")
+    return loaded
 
 
 def restore_generators(directory: Path) -> bool:

@@ -17,6 +17,8 @@ FORMAT_VERSION = 1
 
 SELECTORS = ("conpet", "analytic", "sapt", "none")
 REGULARIZERS = ("none", "ewc", "lwf", "olora")
+MEMORIES = ("all", "reservoir", "kmeans")
+TRAIN_DATA = ("task", "replay", "all")
 NEW_TASK_INITS = ("random", "previous")
 
 # ConPET puts LoRA on the query and key projections. Names per architecture family; anything
@@ -75,6 +77,14 @@ class ConPetConfig:
             "'previous': it starts from the last task's weights (forward transfer)."
         },
     )
+    train_data: str = field(
+        default="task",
+        metadata={
+            "help": "What the module being trained learns from: 'task' (the new task's rows), 'replay' (ConPET's "
+            "dynamic-replay batches of new and stored old rows: Static ConPET's shared module) or 'all' (every "
+            "task at once: multitask). ConPET's selector trains on replay batches whatever this says."
+        },
+    )
     replay_ratio: float = field(
         default=1.0, metadata={"help": "New:old examples per replay batch (ConPET's r)."}
     )
@@ -85,7 +95,21 @@ class ConPetConfig:
     regularizer: str = field(
         default="none", metadata={"help": "Extra loss on a shared module: none, ewc, lwf, olora."}
     )
-    regularizer_weight: float = field(default=0.5, metadata={"help": "Weight of that loss."})
+    regularizer_weight: float | None = field(
+        default=None,
+        metadata={"help": "Weight of that loss; None: the regulariser's own default (O-LoRA 0.5, EWC 1, LwF 1)."},
+    )
+    memory: str = field(
+        default="all",
+        metadata={
+            "help": "Which training rows of a finished task the replay memory keeps: 'all' (Static ConPET), "
+            "'reservoir' (a uniform sample) or 'kmeans' (the row nearest each K-means centroid of the "
+            "frozen backbone's prompt features, as ConPET's baselines kept exemplars)."
+        },
+    )
+    memory_capacity: int | None = field(
+        default=None, metadata={"help": "Rows per task kept by 'reservoir' and 'kmeans' (None with 'all')."}
+    )
     selector_learning_rate: float | None = field(
         default=None,
         metadata={
@@ -135,6 +159,21 @@ class ConPetConfig:
             problems.append(f"selector_learning_rate must be > 0 or None, got {self.selector_learning_rate!r}")
         if self.regularizer not in REGULARIZERS:
             problems.append(f"regularizer must be one of {REGULARIZERS}, got {self.regularizer!r}")
+        if self.regularizer_weight is not None and not (
+            isinstance(self.regularizer_weight, (int, float)) and self.regularizer_weight >= 0
+        ):
+            problems.append(f"regularizer_weight must be >= 0 or None, got {self.regularizer_weight!r}")
+        if self.train_data not in TRAIN_DATA:
+            problems.append(f"train_data must be one of {TRAIN_DATA}, got {self.train_data!r}")
+        if self.memory not in MEMORIES:
+            problems.append(f"memory must be one of {MEMORIES}, got {self.memory!r}")
+        elif self.memory == "all" and self.memory_capacity is not None:
+            problems.append(f"memory='all' keeps every row; memory_capacity={self.memory_capacity!r} contradicts it")
+        elif self.memory != "all" and not (
+            isinstance(self.memory_capacity, int) and not isinstance(self.memory_capacity, bool) and self.memory_capacity >= 1
+        ):
+            problems.append(f"memory={self.memory!r} needs memory_capacity, a positive number of rows per task, "
+                            f"got {self.memory_capacity!r}")
         if problems:
             raise ValueError("Invalid ConPetConfig: " + "; ".join(problems))
 
@@ -175,7 +214,8 @@ class ConPetConfig:
 _FIELD_TYPES = {
     "r": int, "lora_alpha": float, "lora_dropout": float, "target_modules": (list, type(None)), "selector": str,
     "top_k": int, "new_task_init": str, "replay_ratio": float, "batches_per_task": (int, type(None)),
-    "regularizer": str, "regularizer_weight": float, "selector_learning_rate": (float, type(None)),
+    "regularizer": str, "regularizer_weight": (float, type(None)), "selector_learning_rate": (float, type(None)),
+    "memory": str, "memory_capacity": (int, type(None)), "train_data": str,
     "autocast_adapter_dtype": bool, "selector_options": dict,
 }
 

@@ -19,15 +19,17 @@ from transformers import PrinterCallback, Trainer, TrainingArguments, set_seed
 from .callback import ContinualCallback
 from .checkpoint import ResumeMismatchError
 from .evaluation import generation_budget
-from .methods import SHARED_MODULE_NAME, get_method
-from .regularizers import OLoRARegularizer
+from .methods import MULTITASK_MODULE_NAME, SHARED_MODULE_NAME, check_method_config, get_method
+from .regularizers import build_regularizer
 
 logger = logging.getLogger(__name__)
 
 
 def attach_method(model, method_name: str, selector_options: dict | None = None) -> None:
-    """Give `model` what the method needs before its first task: a selector, a regulariser."""
+    """Give `model` what the method needs before its first task: a selector, a regulariser, both
+    as its `ConPetConfig` names them (a config that contradicts the method is refused)."""
     method = get_method(method_name)
+    check_method_config(method_name, model.conpet_config)
     options = {**dict(method.selector_options), **model.conpet_config.selector_options, **(selector_options or {})}
     if method.selector and model.selector is None:
         if model.num_tasks:
@@ -37,8 +39,8 @@ def attach_method(model, method_name: str, selector_options: dict | None = None)
         if method.selector not in SELECTOR_CLASSES:
             raise ValueError(f"Selector {method.selector!r} is not available in this installation")
         model.selector = SELECTOR_CLASSES[method.selector].for_model(model, **options)
-    if method.regularizer == "olora":
-        model.regularizer = OLoRARegularizer(lambda1=model.conpet_config.regularizer_weight)
+    if model.regularizer is None:
+        model.regularizer = build_regularizer(model.conpet_config)
 
 
 def build_optimizer(model, args: TrainingArguments) -> torch.optim.Optimizer | None:
@@ -141,7 +143,7 @@ class ContinualTrainer:
                     f"{list(self.stream.names)} needs a new run (resuming would train nothing new)")
             if not finished:
                 set_seed(self.args.seed)
-                self.model.add_task("multitask", instruction="all tasks at once")
+                self.model.add_task(MULTITASK_MODULE_NAME, instruction="all tasks at once")
                 self.callback.current_task = self.stream[len(self.stream) - 1]
                 self._train(self.callback.train_dataset_all(), budget * len(self.stream) if budget else None)
             return self.metrics
