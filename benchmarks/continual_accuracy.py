@@ -41,9 +41,9 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, TrainingArguments
 
 from hf_conpet._io import atomic_write_json
-from hf_conpet import ConPetConfig, ConPetModelForCausalLM
+from hf_conpet import ConPetModelForCausalLM
 from hf_conpet.data import TaskStream
-from hf_conpet.methods import config_selector
+from hf_conpet.methods import method_config
 from hf_conpet.metrics import ContinualMetrics
 from hf_conpet.default_model import DEFAULT_DATA_DIR, DEFAULT_TASKS, resolve_base_model
 from hf_conpet.trainer import ContinualTrainer
@@ -76,6 +76,8 @@ def parse_args():
                         help="ConPET selector batches per task (32 cached prompts, half new; seconds per task)")
     parser.add_argument("--selector-learning-rate", type=float, default=None, help="SAPT's query/key rate")
     parser.add_argument("--arm-lambda", type=float, default=None, help="SAPT's reflection weight")
+    parser.add_argument("--regularizer-weight", type=float, default=None,
+                        help="weight of ewc / lwf / olora (default: each regulariser's own)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output", default="runs/continual_accuracy")
     parser.add_argument("--resume", action="store_true",
@@ -94,11 +96,11 @@ def run_method(method, args, tokenizer, base_path, single_task_scores):
         selector_options = {"selection_lambda": 1.0}  # the figures in the README were measured with it
         if method == "sapt" and args.arm_lambda is not None:
             selector_options["arm_lambda"] = args.arm_lambda
-    config = ConPetConfig(
-        r=args.r, lora_alpha=args.lora_alpha, target_modules=args.targets.split(","),
+    config = method_config(
+        method, r=args.r, lora_alpha=args.lora_alpha, target_modules=args.targets.split(","),
         new_task_init="random" if method == "oracle" else args.new_task_init,
-        selector=config_selector(method),
         selector_options=selector_options, selector_learning_rate=args.selector_learning_rate,
+        regularizer_weight=args.regularizer_weight,
     )
     base = AutoModelForCausalLM.from_pretrained(base_path)
     model = ConPetModelForCausalLM(base, config, tokenizer=tokenizer)
@@ -154,7 +156,8 @@ def main():
               f"new task modules start {args.new_task_init} (oracle: fresh), max_length {args.max_length}, "
               f"first {args.max_eval_examples} test examples/task, template {args.template}, ConPET selector features {args.selector_feature}, "
               f"{args.selector_steps} selector steps/task, "
-              f"SAPT selector lr {args.selector_learning_rate or 'same'}, torch threads {torch.get_num_threads()}")
+              f"SAPT selector lr {args.selector_learning_rate or 'same'}, torch threads {torch.get_num_threads()}"
+              + (f", regulariser weight {args.regularizer_weight}" if args.regularizer_weight is not None else ""))
     output = Path(args.output)
     output.mkdir(parents=True, exist_ok=True)
     results = load_finished(output / "results.json", budget) if args.resume else {}

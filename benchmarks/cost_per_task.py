@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, Trainer, TrainingArguments
 
-from hf_conpet import ConPetConfig, ConPetModelForCausalLM
+from hf_conpet import ConPetModelForCausalLM, method_config
 from hf_conpet.callback import ContinualCallback
 from hf_conpet.data import TaskStream
 from hf_conpet.default_model import resolve_base_model
@@ -44,7 +44,7 @@ def train_one_task(mode: str, position: int, args) -> dict:
     torch.manual_seed(0)
     config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=128, intermediate_size=256, num_hidden_layers=2,
                          num_attention_heads=4, num_key_value_heads=2, pad_token_id=tokenizer.pad_token_id)
-    model = ConPetModelForCausalLM(LlamaForCausalLM(config), ConPetConfig(selector="none", target_modules=["q_proj", "v_proj"]))
+    model = ConPetModelForCausalLM(LlamaForCausalLM(config), method_config("replay", target_modules=["q_proj", "v_proj"]))
     stream = TaskStream.from_dir(args.data_dir, order=ORDER_A[:position], tokenizer=tokenizer, max_train=args.max_train)
     callback = ContinualCallback(model, stream, "replay", tokenizer=tokenizer, batch_size=args.batch_size,
                                  batches_per_task=args.steps_per_task, max_length=args.max_length, max_eval_examples=0)

@@ -86,6 +86,16 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text!r}")
+    return value
+
+
 def _name_list(text: str) -> list[str]:
     names = [name.strip() for name in text.split(",") if name.strip()]
     if not names:
@@ -127,6 +137,13 @@ def build_parser() -> argparse.ArgumentParser:
                      "0 for private data)")
     run.add_argument("--memory-budget", type=_positive_int, metavar="N",
                      help=f"replay rows kept over all tasks together, shared equally (default {d['memory_budget']})")
+    run.add_argument("--memory", choices=["all", "reservoir", "kmeans"], help="which rows of a finished task the replay "
+                     "memory keeps: all, a uniform sample (reservoir) or the row nearest each K-means centroid of the "
+                     "frozen prompt features (kmeans); the last two need --memory-capacity (default all)")
+    run.add_argument("--memory-capacity", type=_positive_int, metavar="N", help="rows per task kept by --memory reservoir or kmeans")
+    run.add_argument("--regularizer-weight", type=_non_negative_float, metavar="X",
+                     help="weight of the method's regulariser (ewc, lwf and their _replay versions, olora; default: the "
+                     "regulariser's own, O-LoRA 0.5, EWC 1, LwF 1)")
     run.add_argument("--template", metavar="NAME_OR_FORMAT", help="prompt template: a preset (default, superni) or a "
                      "format string with {instruction} and {input} (default: default)")
     run.add_argument("--max-train-examples", type=_positive_int, metavar="N", help="training examples kept per task (default: all)")

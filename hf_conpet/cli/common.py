@@ -38,6 +38,9 @@ DEFAULTS: dict[str, Any] = {
     "new_task_init": "previous",
     "examples_per_task": 3,
     "memory_budget": DEFAULT_MEMORY_BUDGET,
+    "memory": "all",
+    "memory_capacity": None,
+    "regularizer_weight": None,
 }
 #: Settings that may change on --resume: they shape only what is published, not what is trained.
 PUBLISHING_SETTINGS = ("examples_per_task",)

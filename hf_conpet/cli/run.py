@@ -132,9 +132,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     import torch
     from transformers import TrainingArguments, set_seed
 
-    from .. import ConPetConfig, ConPetModelForCausalLM
+    from .. import ConPetModelForCausalLM
     from ..data import TaskStream, check_answers_fit
-    from ..methods import METHODS, config_selector
+    from ..methods import METHODS, method_config
 
     output = Path(args.output or DEFAULT_OUTPUT).expanduser()
     recorded = check_output(output, args.resume)
@@ -179,16 +179,20 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise CliError(f"--memory-budget {settings['memory_budget']} cannot keep one replay row per task for {len(tasks)} tasks")
     finished = check_resumable(output, method, tasks) if args.resume else []
 
+    try:
+        config = method_config(
+            method, r=settings["r"], lora_alpha=float(settings["lora_alpha"]), target_modules=list(settings["targets"]),
+            new_task_init=settings["new_task_init"], batches_per_task=settings["max_steps_per_task"],
+            memory=settings["memory"], memory_capacity=settings["memory_capacity"],
+            regularizer_weight=settings["regularizer_weight"],
+        )
+    except ValueError as error:
+        raise CliError(one_line(error)) from None
     print(f"loading base model {settings['model'] or '(embedded default: SmolLM2-135M-Instruct)'} ...", flush=True)
     set_seed(settings["seed"])
     base, tokenizer = load_base(settings["model"])
     stream.tokenizer = tokenizer
     try:
-        config = ConPetConfig(
-            r=settings["r"], lora_alpha=float(settings["lora_alpha"]), target_modules=list(settings["targets"]),
-            selector=config_selector(method), new_task_init=settings["new_task_init"],
-            batches_per_task=settings["max_steps_per_task"],
-        )
         model = ConPetModelForCausalLM(base, config, tokenizer=tokenizer)
     except ValueError as error:
         raise CliError(f"cannot put LoRA modules on {settings['model'] or 'the default model'}: {one_line(error)}") from None
