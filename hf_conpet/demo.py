@@ -29,6 +29,8 @@ import torch  # noqa: E402
 from . import ConPetModelForCausalLM  # noqa: E402
 from .data import DEFAULT_TEMPLATE, CausalLMGenerationCollator  # noqa: E402
 from .evaluation import saved_answer_budget  # noqa: E402
+from .methods import MULTITASK_MODULE_NAME, SHARED_MODULE_NAME  # noqa: E402
+from .model_card import system_description  # noqa: E402
 from .scoring import score_name  # noqa: E402
 from .names import MANIFEST_NAME, MATRIX_IMAGE_NAME  # noqa: E402
 
@@ -268,14 +270,22 @@ def build_demo(model, tokenizer, *, title: str | None = None, max_new_tokens: in
         (f"{task.name}: {task.instruction}", task.name) for task in model.tasks if task.instruction
     ]
     title = title or "hf_conpet: one model, many tasks, no task id"
-    routing_text = (f"a **{selector}** selector routes each input to its task's LoRA" if selector
-                    else "**no selector**: the chosen instruction's task module answers")
+    if selector:
+        system = (f"**{model.num_tasks}** task LoRAs learned one after another; a **{selector}** selector routes "
+                  "each input to its task's LoRA.")
+    elif model.num_tasks == 1 and model.task_names[0] in (SHARED_MODULE_NAME, MULTITASK_MODULE_NAME):
+        # Static ConPET and the other one-module baselines: say which, as the card does
+        one_line, _, method = system_description(model.conpet_config.to_dict(), model.task_names)
+        system = f"{one_line} {method}"
+    else:
+        system = (f"**{model.num_tasks}** task LoRAs learned one after another; **no selector**: the chosen "
+                  "instruction's task module answers.")
     predict = make_predict(model, tokenizer, max_new_tokens=max_new_tokens)
 
     with gr.Blocks(title=title, analytics_enabled=False) as demo:
         gr.Markdown(
             f"# {title}\n"
-            f"`{base}` with **{model.num_tasks}** task LoRAs learned one after another; {routing_text}. "
+            f"`{base}` with {system} "
             "Type an input, optionally prefix a task's instruction, and see where it is routed and what "
             "the routed model answers (greedy)."
         )

@@ -17,6 +17,7 @@ from typing import Any, Mapping
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from ._io import atomic_write
+from .methods import MULTITASK_MODULE_NAME, SHARED_MODULE_NAME
 from .names import MANIFEST_NAME, MATRIX_IMAGE_NAME
 from .scoring import METRIC_DISPLAY_NAMES, score_name
 
@@ -117,9 +118,17 @@ def _task_field(task: Mapping[str, Any], key: str) -> Any:
     return metadata.get(key) if isinstance(metadata, Mapping) else None
 
 
-def _routing_text(config: Mapping[str, Any]) -> tuple[str, str, str]:
+_FORMER_METHODS = {"ewc": "EWC (a Fisher-weighted pull towards the weights old tasks left)",
+                   "lwf": "LwF (distillation towards the model as each earlier task left it)"}
+
+
+def system_description(config: Mapping[str, Any], task_names: list[str] | None = None) -> tuple[str, str, str]:
+    """(one-line summary, short routing label, method paragraph) of the system a config and its task
+    names describe: what the card and the Space say was trained."""
     selector = str(config.get("selector") or "none").lower()
     top_k = config.get("top_k", 1)
+    if selector == "none" and task_names in ([SHARED_MODULE_NAME], [MULTITASK_MODULE_NAME]):
+        return _shared_module_text(config, multitask=task_names == [MULTITASK_MODULE_NAME])
     if selector == "conpet":
         return (
             f"a task selector that routes every input to its top-{top_k} task module{'s' if top_k != 1 else ''}: "
@@ -158,6 +167,29 @@ def _routing_text(config: Mapping[str, Any]) -> tuple[str, str, str]:
     )
 
 
+def _shared_module_text(config: Mapping[str, Any], multitask: bool) -> tuple[str, str, str]:
+    """A system of one LoRA module that every task trained (the classic baselines, Static ConPET)."""
+    summary = "one LoRA module shared by every task: no routing, no task id."
+    if multitask:
+        return (summary, "one shared module (multitask)",
+                "**Multitask**: one LoRA module trained on every task at once, the upper bound that the continual "
+                "variants are measured against.")
+    regularizer = str(config.get("regularizer") or "none")
+    replay = config.get("train_data") == "replay"
+    if replay:
+        former = _FORMER_METHODS.get(regularizer, "EMR (episodic memory replay)")
+        return (summary, "one shared module (Static ConPET)",
+                f"**Static ConPET** (Song et al., 2023) with {former}: one LoRA module trained through the stream, "
+                "each task on a fixed number of dynamic-replay batches that mix new and stored old examples, so "
+                "the cost per task does not grow with the number of tasks.")
+    if regularizer in _FORMER_METHODS:
+        return (summary, f"one shared module ({regularizer})",
+                f"**{_FORMER_METHODS[regularizer]}** on one LoRA module trained on each task in turn, no replay.")
+    return (summary, "one shared module (sequential)",
+            "**Sequential LoRA**: one LoRA module trained on each task in turn, no replay and no regulariser: the "
+            "lower bound of forgetting.")
+
+
 def _training_text(config: Mapping[str, Any]) -> str:
     parts = []
     if config.get("batches_per_task"):
@@ -165,7 +197,13 @@ def _training_text(config: Mapping[str, Any]) -> str:
     if config.get("replay_ratio") is not None:
         parts.append(f"new:old replay ratio {config['replay_ratio']}")
     if config.get("regularizer") and config.get("regularizer") != "none":
-        parts.append(f"{config['regularizer']} regulariser (weight {config.get('regularizer_weight')})")
+        from .regularizers import DEFAULT_WEIGHTS
+
+        weight = config.get("regularizer_weight")
+        weight = weight if weight is not None else DEFAULT_WEIGHTS.get(config["regularizer"])
+        parts.append(f"{config['regularizer']} regulariser (weight {weight})")
+    if config.get("memory") in ("reservoir", "kmeans"):
+        parts.append(f"replay memory: {config.get('memory_capacity')} {config['memory']} exemplars per task")
     if config.get("new_task_init") == "previous":
         parts.append("each new task module starts from the previous task's weights")
     lora = [f"r={config['r']}"] if config.get("r") is not None else []
@@ -319,7 +357,7 @@ def render_model_card(
             cells += [""] * (len(names) - len(cells))
             matrix_rows.append({"label": f"{j + 1}. `{header[j] if j < len(header) else j + 1}`", "cells": cells})
 
-    routing_summary, routing_short, method = _routing_text(config)
+    routing_summary, routing_short, method = system_description(config, task_names)
     training = _training_text(config)
     repo_ref = repo_id or "<repo_id or local folder>"
     example_task = task_names[0] if task_names else "<task>"
