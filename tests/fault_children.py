@@ -122,9 +122,9 @@ def continual_run(output: str, method: str, kill_at: int | None, after_seconds: 
     from transformers import TrainingArguments
     from transformers.utils import logging as hf_logging
 
-    from hf_conpet import ConPetConfig, ConPetModelForCausalLM
+    from hf_conpet import ConPetModelForCausalLM
     from hf_conpet.data import TaskStream
-    from hf_conpet.methods import config_selector
+    from hf_conpet.methods import method_config
     from hf_conpet.trainer import ContinualTrainer
 
     from tiny_models import tiny_byte_tokenizer, tiny_llama_for
@@ -134,8 +134,7 @@ def continual_run(output: str, method: str, kill_at: int | None, after_seconds: 
     data = TESTS.parent.parent / "shared" / "data" / "long_sequence"
     stream = TaskStream.from_dir(data, order=["sst2", "copa", "wic"], tokenizer=tokenizer, max_train=16, max_test=4,
                                  validation_size=4)
-    model = ConPetModelForCausalLM(tiny_llama_for(tokenizer), ConPetConfig(selector=config_selector(method),
-                                                                           new_task_init="random"), tokenizer=tokenizer)
+    model = ConPetModelForCausalLM(tiny_llama_for(tokenizer), method_config(method, new_task_init="random"), tokenizer=tokenizer)
     args = TrainingArguments(output_dir=output, per_device_train_batch_size=4, learning_rate=5e-3, logging_strategy="no",
                              report_to=[], use_cpu=True, seed=0, disable_tqdm=True)
     trainer = ContinualTrainer(model, stream, args, method=method, batches_per_task=2, max_length=64,

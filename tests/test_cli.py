@@ -134,6 +134,33 @@ def test_run_with_the_analytic_router(one_thread, tiny_model, tiny_data, tmp_pat
     assert "tasks:" in capsys.readouterr().out
 
 
+def test_run_static_conpet_with_ewc_and_a_kmeans_memory(one_thread, tiny_model, tiny_data, tmp_path, capsys):
+    """`--method ewc_replay --memory kmeans --memory-capacity 5`: one shared module, its EWC state and a
+    bounded exemplar memory in the checkpoint, and a card and config that say so."""
+    from huggingface_hub import ModelCard
+
+    output = tmp_path / "out"
+    assert cli.main(run_args(tiny_model, tiny_data, output, "--method", "ewc_replay", "--memory", "kmeans",
+                             "--memory-capacity", "5", "--regularizer-weight", "0.25")) == 0
+    system = output / "model"
+    config = json.loads((system / "conpet_config.json").read_text())["config"]
+    assert (config["selector"], config["regularizer"], config["train_data"]) == ("none", "ewc", "replay")
+    assert (config["memory"], config["memory_capacity"], config["regularizer_weight"]) == ("kmeans", 5, 0.25)
+    checkpoint = output / "checkpoint"
+    saved = json.loads((checkpoint / "regularizer" / "regularizer.json").read_text())
+    assert saved["kind"] == "ewc" and saved["settings"]["lambda_"] == 0.25 and saved["state"]["num_consolidated_tasks"] == 2
+    from hf_conpet.memory import ReplayMemory
+
+    memory = ReplayMemory.load(checkpoint / "replay")
+    assert memory.strategy == "kmeans" and [memory.num_examples(t) for t in memory.tasks] == [5, 5]
+    card = ModelCard.load(system / "README.md")
+    assert "Static ConPET" in card.text and "EWC" in card.text and "ConPET selector" not in card.text
+    capsys.readouterr()
+    assert cli.main(run_args(tiny_model, tiny_data, tmp_path / "bad", "--method", "ewc_replay", "--memory", "kmeans")) == 2
+    assert "memory_capacity" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
+
+
 def test_eval_and_route_on_the_output(finished_run, capsys):
     output, _ = finished_run
     capsys.readouterr()

@@ -11,7 +11,7 @@ from hf_conpet import ConPetConfig, ConPetModelForCausalLM
 from hf_conpet.callback import ContinualCallback
 from hf_conpet.data import TaskStream
 from hf_conpet.evaluation import AnswerCache, evaluate_task
-from hf_conpet.methods import config_selector
+from hf_conpet.methods import method_config
 from hf_conpet.selectors import ConPetSelector
 from hf_conpet.trainer import ContinualTrainer, attach_method
 
@@ -36,8 +36,9 @@ def args(tmp_path, **overrides):
     return TrainingArguments(**values)
 
 
-def make_model(tokenizer, **config):
-    return ConPetModelForCausalLM(tiny_llama_for(tokenizer), ConPetConfig(**config), tokenizer=tokenizer)
+def make_model(tokenizer, method=None, **config):
+    config = method_config(method, **config) if method else ConPetConfig(**config)
+    return ConPetModelForCausalLM(tiny_llama_for(tokenizer), config, tokenizer=tokenizer)
 
 
 def test_selector_growth_keeps_old_rows_bit_identical():
@@ -50,10 +51,11 @@ def test_selector_growth_keeps_old_rows_bit_identical():
     assert torch.equal(selector.task_rows[:2], rows) and torch.equal(selector.task_bias[:2], bias)
 
 
-@pytest.mark.parametrize("method", ["conpet", "conpet_analytic", "sapt", "sapt_no_arm", "replay", "seq_lora", "oracle", "olora"])
+@pytest.mark.parametrize("method", ["conpet", "conpet_analytic", "sapt", "sapt_no_arm", "replay", "seq_lora", "oracle", "olora",
+                                    "ewc", "lwf", "ewc_replay", "lwf_replay"])
 def test_continual_trainer_fills_the_matrix_and_checkpoints(method, tokenizer, tmp_path):
     stream = small_stream(tokenizer)
-    model = make_model(tokenizer, selector=config_selector(method))
+    model = make_model(tokenizer, method)
     trainer = ContinualTrainer(model, stream, args(tmp_path), method=method, batches_per_task=3,
                                max_length=64, max_eval_examples=4, selector_steps=5, selector_batch_size=4)
     metrics = trainer.fit()
@@ -63,7 +65,7 @@ def test_continual_trainer_fills_the_matrix_and_checkpoints(method, tokenizer, t
     assert set(summary) >= {"AP", "F.Ra", "BWT", "FWT", "selector_accuracy"}
     if method in ("conpet", "conpet_analytic", "sapt", "sapt_no_arm"):
         assert summary["selector_accuracy"] is not None and model.selector.num_tasks == 3
-    expected_modules = 1 if method in ("replay", "seq_lora") else 3
+    expected_modules = 1 if method in ("replay", "seq_lora", "ewc", "lwf", "ewc_replay", "lwf_replay") else 3
     assert model.num_tasks == expected_modules
     checkpoint = tmp_path / "run" / "checkpoint"
     progress = json.loads((checkpoint / "progress.json").read_text())
@@ -74,7 +76,7 @@ def test_continual_trainer_fills_the_matrix_and_checkpoints(method, tokenizer, t
 
 def test_replay_batches_mix_new_and_old_tasks(tokenizer, tmp_path):
     stream = small_stream(tokenizer)
-    model = make_model(tokenizer, selector="none")
+    model = make_model(tokenizer, "replay")
     callback = ContinualCallback(model, stream, "replay", tokenizer=tokenizer, batch_size=4, batches_per_task=5)
     callback.memory.add_task(0, stream[0].train)
     dataset = callback.train_dataset(stream[1])
@@ -117,7 +119,7 @@ def test_resume_refuses_another_method(tokenizer, tmp_path):
 
 def test_multitask_trains_one_module_on_everything(tokenizer, tmp_path):
     stream = small_stream(tokenizer)
-    model = make_model(tokenizer, selector="none")
+    model = make_model(tokenizer, "multitask")
     metrics = ContinualTrainer(model, stream, args(tmp_path), method="multitask", batches_per_task=2,
                                max_length=64, max_eval_examples=3).fit()
     assert model.task_names == ["multitask"]
@@ -212,7 +214,7 @@ def test_methods_that_train_the_same_modules_get_the_same_modules_whatever_their
     stream = small_stream(tokenizer, tasks=("sst2", "copa"))
     systems = {}
     for method in ("conpet", "conpet_analytic"):
-        model = make_model(tokenizer, selector=config_selector(method))
+        model = make_model(tokenizer, method)
         ContinualTrainer(model, stream, args(tmp_path / method), method=method, batches_per_task=2, max_length=64,
                          max_eval_examples=0, selector_steps=3, selector_batch_size=4).fit()
         systems[method] = model

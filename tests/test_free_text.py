@@ -11,7 +11,7 @@ from hf_conpet import ConPetConfig, ConPetModelForCausalLM, ContinualMetrics
 from hf_conpet.data import CausalLMGenerationCollator, CausalLMTrainingCollator, ClassificationCollator, Task, TaskStream
 from hf_conpet.data.tasks import TEMPLATES
 from hf_conpet.evaluation import MAX_ANSWER_TOKENS, evaluate_task, generation_budget
-from hf_conpet.methods import config_selector
+from hf_conpet.methods import method_config
 from hf_conpet.metrics import load_rouge_l, rouge_l
 from hf_conpet.model_card import render_model_card
 from hf_conpet.names import MANIFEST_NAME
@@ -215,7 +215,7 @@ def test_free_text_stream_trains_scores_saves_and_loads(tokenizer, tmp_path):
                                    template="superni")
     stream = TaskStream([labelled["sst2"], *[task.with_index(k + 1) for k, task in enumerate(superni(tokenizer, ["sent140", "csqa"]))]],
                         tokenizer=tokenizer)
-    model = ConPetModelForCausalLM(tiny_llama_for(tokenizer), ConPetConfig(selector=config_selector("conpet")), tokenizer=tokenizer)
+    model = ConPetModelForCausalLM(tiny_llama_for(tokenizer), method_config("conpet"), tokenizer=tokenizer)
     args = TrainingArguments(output_dir=str(tmp_path / "run"), per_device_train_batch_size=4, learning_rate=5e-3,
                              logging_strategy="no", report_to=[], use_cpu=True, seed=0, disable_tqdm=True)
     trainer = ContinualTrainer(model, stream, args, method="conpet", batches_per_task=2, max_length=256,
@@ -250,7 +250,7 @@ def test_free_text_stream_trains_scores_saves_and_loads(tokenizer, tmp_path):
 def test_a_training_answer_longer_than_max_length_fails_before_training(tokenizer, tmp_path):
     """ContinualTrainer checks every task's answers before the first step: no module is added."""
     stream = superni(tokenizer, ["sent140", "samsum"])
-    model = ConPetModelForCausalLM(tiny_llama_for(tokenizer), ConPetConfig(selector=config_selector("conpet")), tokenizer=tokenizer)
+    model = ConPetModelForCausalLM(tiny_llama_for(tokenizer), method_config("conpet"), tokenizer=tokenizer)
     args = TrainingArguments(output_dir=str(tmp_path / "run"), per_device_train_batch_size=4, report_to=[], use_cpu=True,
                              disable_tqdm=True)
     trainer = ContinualTrainer(model, stream, args, method="conpet", batches_per_task=2, max_length=96)

@@ -10,7 +10,6 @@ from transformers import Trainer, TrainingArguments, set_seed
 
 from hf_conpet.callback import ContinualCallback
 from hf_conpet.checkpoint import ResumeMismatchError
-from hf_conpet.methods import config_selector
 from hf_conpet.trainer import ContinualTrainer, attach_method
 
 from test_continual import args, make_model, small_stream
@@ -40,7 +39,7 @@ def assert_same_state(reference: dict, resumed: dict) -> None:
 
 
 def continual_run(tokenizer, tmp_path, method, init, stop_before=None, **overrides):
-    model = make_model(tokenizer, selector=config_selector(method), new_task_init=init)
+    model = make_model(tokenizer, method, new_task_init=init)
 
     class StoppingTrainer(ContinualTrainer):
         def on_task_start(self, num_batches):
@@ -57,7 +56,8 @@ def continual_run(tokenizer, tmp_path, method, init, stop_before=None, **overrid
     return model, metrics
 
 
-@pytest.mark.parametrize("method", ["conpet", "conpet_analytic", "sapt", "oracle", "olora", "replay", "seq_lora"])
+@pytest.mark.parametrize("method", ["conpet", "conpet_analytic", "sapt", "oracle", "olora", "replay", "seq_lora",
+                                    "ewc", "lwf_replay"])
 @pytest.mark.parametrize("init", ["previous", "random"])
 def test_resumed_continual_trainer_run_equals_the_uninterrupted_one(method, init, tokenizer, tmp_path):
     reference, reference_metrics = continual_run(tokenizer, tmp_path / "whole", method, init)
@@ -130,9 +130,9 @@ def test_a_multitask_run_is_not_resumed_with_a_longer_stream(tokenizer, tmp_path
     stream = small_stream(tokenizer)
     first = TaskStream([stream[0]], tokenizer=tokenizer)
     options = dict(method="multitask", batches_per_task=2, max_length=64, max_eval_examples=3)
-    ContinualTrainer(make_model(tokenizer, selector="none"), first, args(tmp_path), **options).fit()
+    ContinualTrainer(make_model(tokenizer, "multitask"), first, args(tmp_path), **options).fit()
     with pytest.raises(ResumeMismatchError, match="resuming would train nothing new"):
-        ContinualTrainer(make_model(tokenizer, selector="none"), stream, args(tmp_path), resume=True, **options).fit()
+        ContinualTrainer(make_model(tokenizer, "multitask"), stream, args(tmp_path), resume=True, **options).fit()
 
 
 @pytest.mark.parametrize("method", ["conpet", "replay"])

@@ -165,6 +165,22 @@ def test_a_system_without_selector_answers_with_the_chosen_instruction(app):
         predict("Stocks fell.", app.NO_INSTRUCTION)
 
 
+def test_a_static_conpet_system_is_described_as_trained_and_answers_without_instruction(app):
+    from hf_conpet import method_config
+
+    tokenizer = tiny_byte_tokenizer()
+    model = ConPetModelForCausalLM(tiny_llama_for(tokenizer).eval(), method_config("lwf_replay", r=4))
+    model.add_task("shared", instruction="one module shared by every task")
+    model.freeze_tasks()
+    config = app.build_demo(model, tokenizer).get_config_file()
+    header = next(c["props"]["value"] for c in config["components"]
+                  if str(c.get("props", {}).get("value", "")).startswith("# "))
+    assert "one LoRA module shared by every task" in header and "Static ConPET" in header and "LwF" in header
+    assert "selector" not in header
+    probabilities, answer, _ = app.make_predict(model.eval(), tokenizer)("Stocks fell.", app.NO_INSTRUCTION)
+    assert probabilities == {"shared": 1.0} and isinstance(answer, str)
+
+
 def test_space_card_and_requirements():
     """The Hub reads the card's YAML to build the Space; requirements must cover hf_conpet's own."""
     from huggingface_hub import SpaceCard
